@@ -1,0 +1,1 @@
+"""Components: generators, projectors, regularizers and PEFT targets, each behind an abstract interface."""

@@ -1,0 +1,76 @@
+"""Projectors: per-layer MLP heads that turn generated states into a PEFT target's parameter slots.
+
+``layerwise_mlp`` follows appendix 6.1.2 of the HART paper. For every slot group g (e.g. encoder keys) and layer l:
+
+    phi_g^l = Linear2_g^l( tanh( reshape( Linear1_g( LayerNorm_g^l(h_l) ) ) ) )
+
+Linear1_g is shared by all layers of the group; LayerNorm and Linear2 are per layer. With r state rows feeding a
+layer and a slot of ``rows`` x ``width``, Linear1 maps d_h -> (rows / r) * d_hidden, so that
+HART (r = 1) gets d_h -> p*d_h then a reshape to p x d_h, and HyperTuning (r = p) gets d_h -> d_h on each row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import RecipeError
+from ..registry import registry
+from .base import GeneratedStates, Projector, SlotGroup
+
+
+class LayerwiseHeads(nn.Module):
+    """The heads of one slot group: per-layer LayerNorm, shared Linear1, tanh, per-layer Linear2.
+
+    Input T x L x r x d_h; output T x L x rows x width.
+    """
+
+    def __init__(self, group: SlotGroup, d_model: int, hidden: int, rows_in: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.group = group
+        self.rows_in = min(rows_in, group.rows) if group.rows else rows_in
+        if group.rows and group.rows % self.rows_in:
+            raise RecipeError(f"projector: slot group {group.name} needs {group.rows} rows, which {self.rows_in}"
+                              " generated rows per layer cannot divide")
+        self.expansion = group.rows // self.rows_in if group.rows else 0
+        self.hidden = hidden
+        self.eps = eps
+        num_layers = group.num_layers
+        self.norm_weight = nn.Parameter(torch.ones(num_layers, d_model))  # LayerNorm_g^l
+        self.norm_bias = nn.Parameter(torch.zeros(num_layers, d_model))
+        self.first = nn.Linear(d_model, self.expansion * hidden)  # Linear1_g, shared across layers
+        self.second_weight = nn.Parameter(torch.empty(num_layers, hidden, group.width))  # Linear2_g^l
+        self.second_bias = nn.Parameter(torch.zeros(num_layers, group.width))
+        nn.init.uniform_(self.second_weight, -hidden ** -0.5, hidden ** -0.5)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        states = states[:, :, : self.rows_in]  # T x L x r x d_h
+        normed = nn.functional.layer_norm(states, states.shape[-1:], eps=self.eps)
+        normed = normed * self.norm_weight[None, :, None] + self.norm_bias[None, :, None]
+        t, num_layers, r, _ = normed.shape
+        hidden = torch.tanh(self.first(normed).reshape(t, num_layers, r * self.expansion, self.hidden))
+        return torch.einsum("tlph,lhw->tlpw", hidden, self.second_weight) + self.second_bias[None, :, None]
+
+
+@registry.projectors.register("layerwise_mlp.v1")
+class LayerwiseMLPProjector(Projector):
+    """One :class:`LayerwiseHeads` per slot group; ``hidden`` defaults to the hypernetwork width d_h."""
+
+    def __init__(self, hidden: int | None = None) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.heads = nn.ModuleDict()
+
+    def build(self, d_model: int, groups: list[SlotGroup], rows_per_layer: int) -> None:
+        for group in groups:
+            key = group.name.replace(".", "_")
+            self.heads[key] = LayerwiseHeads(group, d_model, self.hidden or d_model, rows_per_layer)
+
+    def forward(self, generated: GeneratedStates) -> dict[str, torch.Tensor]:
+        out = {}
+        for head in self.heads.values():
+            group = head.group
+            index = torch.tensor(generated.rows[group.source][: group.num_layers], device=generated.states.device)
+            states = generated.states[:, index]  # T x L x r x d_h
+            out[group.name] = head(states)
+        return out

@@ -1,0 +1,3 @@
+"""PEFT targets: where generated parameters go in the frozen main model."""
+
+from . import prefix  # noqa: F401

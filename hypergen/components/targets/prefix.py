@@ -1,0 +1,175 @@
+"""Prefix tuning of a T5 main model: generated per-example key/value prefixes for every self-attention layer.
+
+Convention: the ``p`` prefix keys are prepended to each self-attention layer's keys (and the prefix values to its
+values). Prefix keys get ZERO relative-position bias and are visible to every query (encoder and decoder alike);
+real tokens keep their T5 bias, their padding mask and, in the decoder, their causal mask. Cross-attention
+(``EncDecAttention``) never gets a prefix.
+
+Mechanism: :meth:`PrefixTarget.prepare` registers the attention function :func:`prefix_attention_forward` under
+the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix it is
+exactly T5's eager attention. :meth:`PrefixTarget.applied` puts each layer's prefix on its ``SelfAttention``
+module for the duration of a ``with`` block. Prefixes are never written to the KV cache, so ``generate()`` with
+a cache and beam search work (a prefix batch of B is ``repeat_interleave``-d to match a key batch of B * beams).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.t5.modeling_t5 import eager_attention_forward
+
+from ...registry import registry
+from ..base import PEFTTarget, SlotGroup
+
+ATTN_IMPLEMENTATION = "hypergen_prefix"
+_SITE = "_hypergen_prefix_site"  # attribute on a tagged SelfAttention module: (side, layer index)
+_PREFIX = "_hypergen_prefix"  # attribute holding (keys, values), each B x n_heads x p x d_kv, while applied
+
+
+def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Prepend ``p`` always-visible columns to an additive (float) or boolean (True = attend) 4D mask.
+
+    ``mask``: (B or 1) x (1 or H) x q_len x k_len. Returns a float additive mask: ... x q_len x (p + k_len).
+    """
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        mask = torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), torch.finfo(dtype).min)
+    return nn.functional.pad(mask, (p, 0), value=0.0)
+
+
+def prefix_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 eager attention, with the module's prefix (if any) prepended to ``key``/``value``.
+
+    ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv (from the cache in the decoder);
+    ``position_bias``: (1 or B) x H x q_len x k_len; ``attention_mask``: additive float or boolean
+    (B x 1 x q_len x k_len) or None. The prefix (P x H x p x d_kv, P dividing B) is expanded with
+    ``repeat_interleave`` to B rows; its columns get zero bias and a zero mask. Returns
+    ``(B x q_len x H x d_kv contiguous output, B x H x q_len x (p + k_len) attention weights)``.
+    """
+    prefix = getattr(module, _PREFIX, None)
+    if prefix is not None and prefix[0].shape[-2] > 0:
+        prefix_key, prefix_value = prefix
+        batch, rows = key.shape[0], prefix_key.shape[0]
+        if batch != rows:
+            if batch % rows:
+                raise ValueError(f"key batch {batch} is not a multiple of the prefix batch {rows}")
+            prefix_key = prefix_key.repeat_interleave(batch // rows, dim=0)
+            prefix_value = prefix_value.repeat_interleave(batch // rows, dim=0)
+        p = prefix_key.shape[-2]
+        key = torch.cat([prefix_key.to(key.dtype), key], dim=-2)
+        value = torch.cat([prefix_value.to(value.dtype), value], dim=-2)
+        if position_bias is not None:
+            position_bias = nn.functional.pad(position_bias, (p, 0), value=0.0)
+        attention_mask = _extend_mask(attention_mask, p, query.dtype)
+    elif attention_mask is not None and attention_mask.dtype == torch.bool:
+        attention_mask = _extend_mask(attention_mask, 0, query.dtype)
+    return eager_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, position_bias=position_bias
+    )
+
+
+_registered = False
+
+
+def _register_attention() -> None:
+    """Register the attention and mask functions under ``"hypergen_prefix"`` (once per process)."""
+    global _registered
+    if not _registered:
+        AttentionInterface.register(ATTN_IMPLEMENTATION, prefix_attention_forward)
+        # Without a mask function registered under the same name, transformers builds NO mask at all
+        # (padding and causality would be lost). The eager mask is float additive (0 / dtype min), never
+        # skipped for causal masks, and None only for unpadded bidirectional input.
+        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+        _registered = True
+
+
+def _self_attentions(main_model: nn.Module) -> Iterator[tuple[str, int, nn.Module]]:
+    """(side, layer index, ``SelfAttention`` module) for every self-attention layer of a T5 model."""
+    for side in ("encoder", "decoder"):
+        stack = getattr(main_model, side, None)
+        if stack is None:
+            continue
+        for i, block in enumerate(stack.block):
+            yield side, i, block.layer[0].SelfAttention
+
+
+@registry.peft_targets.register("prefix.v1")
+class PrefixTarget(PEFTTarget):
+    """Per-example key/value prefixes of ``length`` rows for the encoder and/or decoder self-attention layers.
+
+    Slot groups ``"{side}.key"`` / ``"{side}.value"``: num_layers x length x (num_heads * d_kv) per example.
+    """
+
+    def __init__(self, length: int = 32, encoder: bool = True, decoder: bool = True) -> None:
+        if length < 0:
+            raise ValueError(f"prefix length must be >= 0, got {length}")
+        self.length = length
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def _sides(self) -> list[str]:
+        return [side for side, on in (("encoder", self.encoder), ("decoder", self.decoder)) if on]
+
+    def slot_groups(self, main_model: nn.Module) -> list[SlotGroup]:
+        config = main_model.config
+        width = config.num_heads * config.d_kv
+        layers = {"encoder": config.num_layers, "decoder": config.num_decoder_layers}
+        return [
+            SlotGroup(f"{side}.{kind}", side, layers[side], self.length, width)
+            for side in self._sides()
+            for kind in ("key", "value")
+        ]
+
+    def prepare(self, main_model: nn.Module) -> None:
+        """Switch every (sub)config of ``main_model`` to ``"hypergen_prefix"`` and tag the self-attention modules."""
+        _register_attention()
+        if main_model.config._attn_implementation != ATTN_IMPLEMENTATION:
+            main_model.set_attn_implementation(ATTN_IMPLEMENTATION)  # also reaches the encoder/decoder configs
+        for side, i, attention in _self_attentions(main_model):
+            if attention.config._attn_implementation != ATTN_IMPLEMENTATION:
+                raise RuntimeError(f"{side} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")
+            setattr(attention, _SITE, (side, i))
+
+    @contextmanager
+    def applied(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Inside the block, self-attention layer l of side s uses ``params[f"{s}.key"][:, l]`` / ``.value``.
+
+        ``params[g]``: B x num_layers x length x (num_heads * d_kv); stored per layer as B x num_heads x length x
+        d_kv. On exit (also on an exception) the previous state of each module is restored.
+        """
+        sides = set(self._sides())
+        saved: list[tuple[nn.Module, Any]] = []
+        try:
+            for side, i, attention in _self_attentions(main_model):
+                if getattr(attention, _SITE, None) != (side, i):
+                    raise RuntimeError("call PrefixTarget.prepare(main_model) before applied()")
+                if side not in sides:
+                    continue
+                keys, values = params[f"{side}.key"], params[f"{side}.value"]
+                shape = (keys.shape[0], keys.shape[2], attention.n_heads, attention.key_value_proj_dim)
+                saved.append((attention, getattr(attention, _PREFIX, None)))
+                setattr(attention, _PREFIX, (keys[:, i].reshape(shape).transpose(1, 2),
+                                             values[:, i].reshape(shape).transpose(1, 2)))
+            yield
+        finally:
+            for attention, previous in reversed(saved):
+                setattr(attention, _PREFIX, previous)
+
+    def describe(self) -> dict[str, Any]:
+        return {"length": self.length, "encoder": self.encoder, "decoder": self.decoder}

@@ -1,0 +1,72 @@
+"""Turn sampled (task, queries) groups into tensors.
+
+A batch holds T tasks and B >= T examples; ``task_index[b]`` is the task row of example b, so the hypernetwork
+runs once per task and its parameters are shared by that task's queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .format import demos_text, query_text
+from .tasks import Example, Task
+
+
+@dataclass
+class Batch:
+    demo_ids: torch.Tensor        # T x n_d
+    demo_mask: torch.Tensor       # T x n_d
+    task_index: torch.Tensor      # B
+    input_ids: torch.Tensor       # B x n_x
+    attention_mask: torch.Tensor  # B x n_x
+    labels: torch.Tensor | None   # B x n_y, padding = -100
+    task_names: list[str]         # T
+    references: list[tuple[str, ...]]  # B
+
+    def to(self, device) -> "Batch":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class Collator:
+    """Tokenizes demos (Def+kPos), queries and targets with the recipe's length limits."""
+
+    def __init__(self, tokenizer, data_cfg) -> None:
+        self.tokenizer = tokenizer
+        self.cfg = data_cfg
+        self._demo_cache: dict[str, str] = {}
+
+    def demos(self, task: Task) -> str:
+        if task.name not in self._demo_cache:
+            self._demo_cache[task.name] = demos_text(task, self.cfg.num_positive, self.cfg.include_definition)
+        return self._demo_cache[task.name]
+
+    def _encode(self, texts: list[str], max_length: int):
+        return self.tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
+
+    def __call__(self, groups: list[tuple[Task, list[Example]]], with_labels: bool = True,
+                 demos_in_input: bool = False) -> Batch:
+        tasks = [task for task, _ in groups]
+        demos = self._encode([self.demos(t) for t in tasks], self.cfg.max_demo_length)
+        task_index, inputs, targets, references = [], [], [], []
+        for row, (task, examples) in enumerate(groups):
+            for example in examples:
+                task_index.append(row)
+                query = query_text(example)
+                inputs.append(self.demos(task) + query if demos_in_input else query)
+                targets.append(example.outputs[0])
+                references.append(tuple(example.outputs))
+        limit = self.cfg.max_input_length + (self.cfg.max_demo_length if demos_in_input else 0)
+        enc = self._encode(inputs, limit)
+        labels = None
+        if with_labels:
+            lab = self._encode(targets, self.cfg.max_target_length)
+            labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
+        return Batch(demos["input_ids"], demos["attention_mask"], torch.tensor(task_index), enc["input_ids"],
+                     enc["attention_mask"], labels, [t.name for t in tasks], references)

@@ -1,0 +1,47 @@
+"""Turn tasks into text: the demonstrations a hypernetwork reads and the query the frozen model answers.
+
+``demos_text`` reproduces the "Def+kPos" encoding of Super-NaturalInstructions (Wang et al., 2022; the Tk-Instruct
+collator): a definition, then numbered positive examples, each line closed with a period unless it already ends
+in punctuation. Example with one positive::
+
+    Definition: Add one to the number.
+
+     Positive Example 1 -
+    Input: 3.
+     Output: 4.
+
+"""
+
+from __future__ import annotations
+
+import string
+
+from ..errors import RecipeError
+from .tasks import Example, Task
+
+
+def _close(text: str) -> str:
+    """Append a period unless the text already ends in punctuation (S-NI's rule)."""
+    return text if text and text[-1] in string.punctuation else text + "."
+
+
+def demos_text(task: Task, num_positive: int = 2, include_definition: bool = True) -> str:
+    """The S-NI "Def+{num_positive}Pos" text of ``task`` (first reference output of each positive example)."""
+    if num_positive < 0:
+        raise ValueError(f"num_positive must be >= 0, got {num_positive}")
+    parts = []
+    if include_definition:
+        parts.append(_close("Definition: " + task.definition.strip()) + "\n\n")
+    for number, example in enumerate(task.positives[:num_positive], start=1):
+        block = _close(f" Positive Example {number} -\nInput: {example.input.strip()}") + "\n"
+        block = _close(block + f" Output: {example.outputs[0].strip()}") + "\n"
+        parts.append(block + "\n")
+    return "".join(parts)
+
+
+def query_text(example: Example, template: str = "{input}") -> str:
+    """The text the frozen model reads for one instance: ``template`` with ``{input}`` filled in."""
+    try:
+        return template.format(input=example.input)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise RecipeError(f"query template {template!r} is invalid ({exc!r}); it may only use the field {{input}}") from None

@@ -1,0 +1,66 @@
+"""Seeded, resumable sampling of (task, queries) pairs for hypernetwork training."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Sequence
+
+from ..errors import HypergenError
+from .tasks import Example, Task
+
+
+class TaskSampler:
+    """Draws tasks (with replacement) and, for each, ``queries_per_task`` of its instances.
+
+    With ``proportional=True`` a task is drawn with probability proportional to its number of instances, otherwise
+    uniformly. The queries of one draw are distinct instances; only a task with fewer instances than
+    ``queries_per_task`` repeats some (all of its instances once, then random ones). Everything comes from one
+    ``random.Random(seed)``, whose state :meth:`state_dict` saves as JSON-serialisable data.
+    """
+
+    def __init__(self, tasks: Sequence[Task], seed: int, queries_per_task: int = 1, proportional: bool = True):
+        if not tasks:
+            raise ValueError("TaskSampler needs at least one task")
+        if queries_per_task < 1:
+            raise ValueError(f"queries_per_task must be >= 1, got {queries_per_task}")
+        empty = [t.name for t in tasks if not t.instances]
+        if empty:
+            raise ValueError(f"tasks without instances cannot be sampled: {', '.join(empty)}")
+        self.tasks = list(tasks)
+        self.queries_per_task = queries_per_task
+        self.proportional = proportional
+        weights = [len(t.instances) if proportional else 1 for t in self.tasks]
+        self._cum_weights = list(itertools.accumulate(weights))
+        self._rng = random.Random(seed)
+
+    def _queries(self, task: Task) -> list[Example]:
+        n, k = len(task.instances), self.queries_per_task
+        picks = self._rng.sample(range(n), min(n, k)) + [self._rng.randrange(n) for _ in range(k - n)]
+        return [task.instances[i] for i in picks]
+
+    def next_batch(self, num_tasks: int) -> list[tuple[Task, list[Example]]]:
+        """``num_tasks`` draws of (task, its queries); the same task may appear more than once."""
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        indices = self._rng.choices(range(len(self.tasks)), cum_weights=self._cum_weights, k=num_tasks)
+        return [(self.tasks[i], self._queries(self.tasks[i])) for i in indices]
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: the RNG state plus what identifies the sampled population."""
+        version, internal, gauss = self._rng.getstate()
+        return {
+            "rng": [version, list(internal), gauss],
+            "task_names": [t.name for t in self.tasks],
+            "queries_per_task": self.queries_per_task,
+            "proportional": self.proportional,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; the sampler must have been built on the same tasks and settings."""
+        mine = self.state_dict()
+        for field in ("task_names", "queries_per_task", "proportional"):
+            if state.get(field) != mine[field]:
+                raise HypergenError(f"sampler state does not match this sampler: field '{field}' differs")
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,99 @@
+"""Atomic file writes and pickle-free state trees (safetensors for tensors, JSON for the rest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def flatten_tree(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested structure into a JSON skeleton and a flat dict of tensors (dict keys keep their types)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = node
+            return {"__tensor__": key}
+        if isinstance(node, dict):
+            return {"__dict__": [[k, walk(v)] for k, v in node.items()]}
+        if isinstance(node, (list, tuple)):
+            return {"__list__": [walk(v) for v in node], "tuple": isinstance(node, tuple)}
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(f"cannot store {type(node).__name__} without pickle")
+
+    return walk(tree), tensors
+
+
+def unflatten_tree(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__dict__" in skeleton:
+            return {k: unflatten_tree(v, tensors) for k, v in skeleton["__dict__"]}
+        if "__list__" in skeleton:
+            items = [unflatten_tree(v, tensors) for v in skeleton["__list__"]]
+            return tuple(items) if skeleton.get("tuple") else items
+    return skeleton
+
+
+def save_tree(folder: Path, name: str, tree: Any) -> None:
+    """``folder/name.json`` (skeleton) + ``folder/name.safetensors`` (tensors)."""
+    skeleton, tensors = flatten_tree(tree)
+    atomic_save_tensors(Path(folder) / f"{name}.safetensors", tensors)
+    atomic_write_json(Path(folder) / f"{name}.json", skeleton)
+
+
+def load_tree(folder: Path, name: str) -> Any:
+    skeleton = json.loads((Path(folder) / f"{name}.json").read_text())
+    tensors = load_file(str(Path(folder) / f"{name}.safetensors"))
+    return unflatten_tree(skeleton, tensors)

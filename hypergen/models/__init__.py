@@ -1,0 +1,1 @@
+"""Models: the frozen main model and the hypernetwork."""

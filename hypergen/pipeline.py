@@ -1,0 +1,79 @@
+"""The two jobs behind the CLI: train a recipe into a run folder, and evaluate a run on held-out tasks."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.sampling import TaskSampler
+from .evaluation.evaluate import evaluate
+from .io import atomic_write_json, atomic_write_text
+from .recipe import apply_overrides, parse_recipe, read_recipe_dict
+from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, save_final
+from .training.trainer import Trainer
+
+
+def train(recipe_path: str, output: str | None, overrides: list[str], resume: bool = False, overwrite: bool = False,
+          progress: bool = True, evaluate_after: bool = True) -> Path:
+    data = apply_overrides(read_recipe_dict(recipe_path), overrides)
+    recipe = parse_recipe(data, recipe_path)
+    resolved = json.loads(recipe.model_dump_json())
+    run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
+    train_tasks = load_tasks(recipe, "train")
+    test_tasks = load_tasks(recipe, "test")
+    random.seed(recipe.training.seed)
+    torch.manual_seed(recipe.training.seed)
+    assembled = assemble(recipe)
+    prepare_run_dir(run_dir, resolved, resume, overwrite)
+    sampler = TaskSampler(train_tasks, recipe.training.seed, recipe.data.queries_per_task,
+                          recipe.data.proportional_sampling)
+    cfg = recipe.training
+
+    def periodic_eval() -> dict[str, Any]:
+        scores, _ = evaluate(assembled.method, test_tasks[: cfg.eval_tasks], assembled.collator, assembled.device,
+                             cfg.eval_instances, recipe.evaluation.batch_size, progress=False)
+        return scores
+
+    trainer = Trainer(assembled.method, sampler, assembled.collator, cfg, run_dir, assembled.device,
+                      evaluate_fn=periodic_eval, progress=progress)
+    if resume and trainer.resume():
+        print(f"resumed {run_dir} at step {trainer.step}")
+    trainer.fit()
+    save_final(run_dir, assembled)
+    if evaluate_after:
+        evaluate_assembled(assembled, test_tasks, run_dir, recipe.data.eval_instances_per_task, progress)
+    return run_dir
+
+
+def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, progress: bool = True,
+                       out_name: str = "eval") -> dict[str, Any]:
+    scores, records = evaluate(assembled.method, tasks, assembled.collator, assembled.device, max_instances,
+                               assembled.recipe.evaluation.batch_size, progress=progress)
+    out = Path(run_dir) / out_name
+    atomic_write_json(out / "scores.json", scores)
+    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return scores
+
+
+def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None = None,
+                 max_instances: int | None = None, progress: bool = True) -> dict[str, Any]:
+    run = Path(run_dir)
+    recipe = read_run(run)
+    tasks = load_tasks(recipe, "test", data_path=data, split_file=split_file)
+    assembled = load_final(run)
+    return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress)
+
+
+def format_scores(scores: dict[str, Any], per_task: bool = True) -> str:
+    lines = []
+    if per_task:
+        lines.append(f"{'task':<48} {'EM':>7} {'ROUGE-L':>8} {'n':>5}")
+        for task, s in scores["per_task"].items():
+            lines.append(f"{task:<48} {s['exact_match']:>7.2f} {s['rougeL']:>8.2f} {s['instances']:>5}")
+    o = scores["overall"]
+    lines.append(f"{'overall':<48} {o['exact_match']:>7.2f} {o['rougeL']:>8.2f} {o['instances']:>5}")
+    return "\n".join(lines)

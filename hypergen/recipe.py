@@ -1,0 +1,225 @@
+"""Recipes: pydantic models of a run's JSON file. Extra keys are forbidden; errors name the field's path.
+
+A hypernetwork recipe names its components by registered name plus parameters, e.g.
+``"generator": {"name": "autoregressive", "reverse": false}``, so HART, HyperTuning and hybrids are the same trainer
+with different recipes. A finetune recipe (``"kind": "finetune"``) multi-task fine-tunes a main model.
+The defaults here are the paper's (appendix 6.1.3); the tiny recipes override them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RecipeError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentSpec(BaseModel):
+    """A registered component: ``name`` plus its constructor's parameters as further keys."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TinyT5(Strict):
+    """A T5 built from a config with random weights and the file-less ByT5 tokenizer (byte level)."""
+
+    d_model: int = Field(128, gt=0)
+    d_kv: int = Field(32, gt=0)
+    d_ff: int = Field(256, gt=0)
+    num_layers: int = Field(3, gt=0)
+    num_decoder_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    dropout_rate: float = Field(0.0, ge=0, lt=1)
+    feed_forward_proj: str = "gated-gelu"
+    seed: int = 0
+
+
+class MainModel(Strict):
+    """Exactly one of ``name_or_path`` (hub id or local Hugging Face folder) and ``tiny``."""
+
+    name_or_path: str | None = None
+    tiny: TinyT5 | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MainModel":
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of name_or_path (hub id or local folder) and tiny")
+        return self
+
+
+class Hypernetwork(Strict):
+    decoder_layers: int = Field(8, ge=1, description="k: the first k main-model decoder layers form H_dec")
+    fusion_in_decoder: bool = True
+    generator: ComponentSpec = ComponentSpec(name="autoregressive")
+    projector: ComponentSpec = ComponentSpec(name="layerwise_mlp")
+    regularizers: list[ComponentSpec] = Field(default_factory=list)
+    init_from_main: bool = True
+
+
+class Data(Strict):
+    source: Literal["sni", "embedded"] = "sni"
+    path: str | None = Field(None, description="S-NI folder (tasks/ and splits/); embedded: where tasks are written")
+    split: str = "default"
+    train_split_file: str | None = None
+    test_split_file: str | None = None
+    num_positive: int = Field(2, ge=0, description="Def+kPos: positive examples in the demos")
+    include_definition: bool = True
+    max_demo_length: int = Field(1024, gt=0)
+    max_input_length: int = Field(384, gt=0)
+    max_target_length: int = Field(128, gt=0)
+    queries_per_task: int = Field(1, ge=1, description="queries sharing one hypernetwork pass (1: the paper)")
+    proportional_sampling: bool = True
+    eval_instances_per_task: int = Field(100, ge=1)
+    embedded_seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_for_sni(self) -> "Data":
+        if self.source == "sni" and not self.path:
+            raise ValueError("data.path is required when data.source is 'sni'")
+        return self
+
+
+class Training(Strict):
+    steps: int = Field(10_000, ge=1)
+    batch_size: int = Field(256, ge=1, description="examples per optimizer step (accumulated)")
+    micro_batch_size: int = Field(8, ge=1, description="examples per forward pass")
+    optimizer: Literal["adamw", "adam8bit"] = "adam8bit"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    log_every: int = Field(10, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    eval_tasks: int = Field(4, ge=1, description="held-out tasks in periodic evaluation")
+    eval_instances: int = Field(16, ge=1, description="instances per task in periodic evaluation")
+    checkpoint_every: int | None = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> "Training":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                             f"({self.micro_batch_size})")
+        return self
+
+
+class Evaluation(Strict):
+    max_new_tokens: int = Field(128, ge=1)
+    num_beams: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class HypernetRecipe(Strict):
+    kind: Literal["hypernetwork"] = "hypernetwork"
+    description: str = ""
+    main_model: MainModel
+    hypernetwork: Hypernetwork = Hypernetwork()
+    peft: ComponentSpec = ComponentSpec(name="prefix", length=32)
+    data: Data
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation()
+
+
+class FinetuneRecipe(Strict):
+    """Multi-task fine-tuning of the main model itself (FT-Zero-Shot, or FT-Few-Shot with ``few_shot``)."""
+
+    kind: Literal["finetune"]
+    description: str = ""
+    main_model: MainModel
+    few_shot: bool = Field(False, description="prepend the task's demos to the input (FT-Few-Shot)")
+    data: Data
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation()
+
+
+Recipe = HypernetRecipe | FinetuneRecipe
+
+
+def _format_error(exc: ValidationError, where: str) -> str:
+    parts = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+        parts.append(f"{path}: {message}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
+    """Validate a recipe given as a dict; raise RecipeError naming each bad field's path."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a JSON object at the top level, got {type(data).__name__}")
+    model = FinetuneRecipe if data.get("kind") == "finetune" else HypernetRecipe
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, where)) from None
+
+
+def read_recipe_dict(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--set") -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; the value is parsed as JSON when it parses, else kept as a string."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"{where} {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise RecipeError(f"{where} {key}: {part!r} is not inside an object")
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(f"{where} {key}: cannot set {last!r} there")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    data = apply_overrides(read_recipe_dict(path), overrides or [])
+    return parse_recipe(data, str(path))
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON schema of both recipe kinds."""
+    return {"hypernetwork": HypernetRecipe.model_json_schema(), "finetune": FinetuneRecipe.model_json_schema()}

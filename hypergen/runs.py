@@ -1,0 +1,162 @@
+"""Assemble a run from a recipe (data, main model, components, method) and the run folder's files.
+
+A run folder::
+
+    RUN/recipe.json                  the resolved recipe
+    RUN/metrics.jsonl                one JSON line per logged step
+    RUN/checkpoints/step-*/          see training/checkpoint.py
+    RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork recipes)
+    RUN/model/                       final main model, a Hugging Face folder (finetune recipes)
+    RUN/eval/scores.json, predictions.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from .components.build import make_component
+from .data.collate import Collator
+from .data.synthetic import ensure_embedded_tasks
+from .data.tasks import Task, load_task_folder
+from .errors import HypergenError
+from .io import atomic_save_tensors, atomic_write_json
+from .models.hypernet import HyperNetwork
+from .models.main import load_main_model
+from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
+from .training.methods import FinetuneMethod, HypernetMethod
+
+EMBEDDED_DIR = Path(".cache/hypergen/embedded")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HypergenError("training.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def data_folder(recipe: Recipe) -> Path:
+    data = recipe.data
+    if data.source == "embedded":
+        return ensure_embedded_tasks(Path(data.path) if data.path else EMBEDDED_DIR, seed=data.embedded_seed)
+    path = Path(data.path).expanduser()
+    if not path.exists():
+        raise HypergenError(f"data.path: {path} does not exist")
+    return path
+
+
+def load_tasks(recipe: Recipe, split: str, data_path: str | None = None, split_file: str | None = None) -> list[Task]:
+    folder = Path(data_path) if data_path else data_folder(recipe)
+    if not folder.exists():
+        raise HypergenError(f"--data: {folder} does not exist")
+    default_file = recipe.data.train_split_file if split == "train" else recipe.data.test_split_file
+    tasks = load_task_folder(folder, split=split, split_name=recipe.data.split, split_file=split_file or default_file)
+    if not tasks:
+        raise HypergenError(f"{folder}: no {split} tasks found")
+    return tasks
+
+
+@dataclass
+class Assembled:
+    recipe: Recipe
+    method: Any
+    tokenizer: Any
+    collator: Collator
+    device: torch.device
+
+
+def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
+    """Build the method a recipe describes (main model loaded and frozen; hypernetwork built from it)."""
+    device = device or resolve_device(recipe.training.device)
+    if recipe.training.threads:
+        torch.set_num_threads(recipe.training.threads)
+    main_model, tokenizer = load_main_model(recipe.main_model, device)
+    if isinstance(recipe, FinetuneRecipe):
+        method = FinetuneMethod(main_model, recipe.few_shot, recipe.evaluation)
+    else:
+        method = build_hypernet_method(recipe, main_model, device)
+    return Assembled(recipe, method, tokenizer, Collator(tokenizer, recipe.data), device)
+
+
+def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> HypernetMethod:
+    hyper = recipe.hypernetwork
+    target = make_component("peft_targets", recipe.peft, "peft")
+    generator = make_component("generators", hyper.generator, "hypernetwork.generator")
+    projector = make_component("projectors", hyper.projector, "hypernetwork.projector")
+    regularizers = [make_component("regularizers", spec, f"hypernetwork.regularizers.{i}")
+                    for i, spec in enumerate(hyper.regularizers)]
+    groups = target.slot_groups(main_model)
+    try:
+        torch.manual_seed(recipe.training.seed)
+        hypernet = HyperNetwork(main_model, generator, projector, groups, hyper.decoder_layers, hyper.init_from_main)
+    except ValueError as exc:
+        raise HypergenError(str(exc)) from None
+    target.prepare(main_model)
+    return HypernetMethod(main_model, hypernet.to(device), target, regularizers, hyper.fusion_in_decoder,
+                          recipe.evaluation)
+
+
+def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing run folder needs ``resume`` (same recipe) or ``overwrite``."""
+    recipe_file = run_dir / "recipe.json"
+    if recipe_file.exists() and not overwrite:
+        if not resume:
+            raise HypergenError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite")
+        if json.loads(recipe_file.read_text()) != recipe_data:
+            raise HypergenError(f"{run_dir}: holds a run of a different recipe; --resume needs the same recipe")
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(recipe_file, recipe_data)
+
+
+def read_run(run_dir: Path) -> Recipe:
+    recipe_file = Path(run_dir) / "recipe.json"
+    if not recipe_file.is_file():
+        raise HypergenError(f"{run_dir}: not a run folder (no recipe.json)")
+    return parse_recipe(json.loads(recipe_file.read_text()), str(recipe_file))
+
+
+def save_final(run_dir: Path, assembled: Assembled) -> None:
+    method = assembled.method
+    if isinstance(method, FinetuneMethod):
+        from .models.main import save_main_model
+
+        tmp = run_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_main_model(method.module, assembled.tokenizer, tmp)
+        shutil.rmtree(run_dir / "model", ignore_errors=True)
+        tmp.rename(run_dir / "model")
+    else:
+        atomic_save_tensors(run_dir / "hypernetwork.safetensors", method.module.state_dict())
+
+
+def load_final(run_dir: Path, device: torch.device | None = None) -> Assembled:
+    """Rebuild a trained run for evaluation: the recipe, then the final weights."""
+    recipe = read_run(run_dir)
+    if isinstance(recipe, FinetuneRecipe):
+        model_dir = Path(run_dir) / "model"
+        if not (model_dir / "config.json").is_file():
+            raise HypergenError(f"{run_dir}: no trained model (model/ is missing); did training finish?")
+        recipe = recipe.model_copy(update={"main_model": recipe.main_model.model_copy(
+            update={"name_or_path": str(model_dir), "tiny": None})})
+        return assemble(recipe, device)
+    weights = Path(run_dir) / "hypernetwork.safetensors"
+    if not weights.is_file():
+        raise HypergenError(f"{run_dir}: no hypernetwork.safetensors; did training finish?")
+    assembled = assemble(recipe, device)
+    state = load_file(str(weights), device=str(assembled.device))
+    missing, unexpected = assembled.method.module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise HypergenError(f"{weights}: does not fit the recipe's hypernetwork (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
+    return assembled
+

@@ -1,0 +1,1 @@
+"""Training: one Trainer for every method, its optimizer and schedule, and atomic checkpoints."""

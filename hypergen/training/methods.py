@@ -1,0 +1,92 @@
+"""What is trained: a hypernetwork over a frozen main model, or the main model itself (fine-tuning baselines).
+
+Both offer the same small surface to the Trainer and the evaluator:
+``module`` (the trainable nn.Module), ``loss(batch, step) -> (loss, parts)``, ``adapt(batch)`` (task parameters
+from a batch's demos, or None) and ``generate(batch, adapted) -> token ids``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..components.base import PEFTTarget, Regularizer
+from ..data.collate import Batch
+from ..models.adapted import adapted_generate, adapted_loss
+from ..models.hypernet import HyperNetwork, TaskParameters
+
+
+class HypernetMethod:
+    """HART, HyperTuning and hybrids: L = L_pred + sum_i alpha_i * R_i(states)."""
+
+    demos_in_input = False
+
+    def __init__(self, main_model: nn.Module, hypernet: HyperNetwork, target: PEFTTarget,
+                 regularizers: list[Regularizer], fusion: bool, eval_cfg) -> None:
+        self.main_model = main_model
+        self.module = hypernet
+        self.target = target
+        self.regularizers = regularizers
+        self.fusion = fusion
+        self.eval_cfg = eval_cfg
+
+    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        task_params = self.module(batch.demo_ids, batch.demo_mask)
+        per_example = task_params.select(batch.task_index)
+        pred = adapted_loss(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
+                            batch.labels, self.fusion)
+        total, parts = pred, {"loss": float(pred.detach())}
+        for i, regularizer in enumerate(self.regularizers):
+            value = regularizer.loss(task_params.generated.states, step)
+            total = total + regularizer.alpha * value
+            parts[f"cst{i}" if i else "cst"] = float(value.detach())
+        return total, parts
+
+    @torch.no_grad()
+    def adapt(self, batch: Batch) -> TaskParameters:
+        return self.module(batch.demo_ids, batch.demo_mask).detach()
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, adapted: TaskParameters | None) -> torch.Tensor:
+        per_example = adapted.select(batch.task_index)
+        return adapted_generate(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
+                                self.fusion, self.eval_cfg.max_new_tokens, self.eval_cfg.num_beams)
+
+    def train(self) -> None:
+        self.module.train()
+        self.main_model.eval()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+
+class FinetuneMethod:
+    """Multi-task fine-tuning of the main model: FT-Zero-Shot (query only) or FT-Few-Shot (demos + query)."""
+
+    def __init__(self, model: nn.Module, few_shot: bool, eval_cfg) -> None:
+        self.module = model
+        self.main_model = model
+        self.demos_in_input = few_shot
+        self.regularizers: list[Regularizer] = []
+        self.eval_cfg = eval_cfg
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+
+    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        return loss, {"loss": float(loss.detach())}
+
+    def adapt(self, batch: Batch) -> None:
+        return None
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, adapted: None) -> torch.Tensor:
+        return self.module.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    max_new_tokens=self.eval_cfg.max_new_tokens, num_beams=self.eval_cfg.num_beams,
+                                    do_sample=False)
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()

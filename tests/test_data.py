@@ -1,0 +1,182 @@
+"""Tests for hypergen.data: S-NI loading, Def+kPos text, task sampling and the synthetic key tasks."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hypergen.data import (Example, Task, TaskSampler, demos_text, ensure_embedded_tasks, load_task, load_task_folder,
+                           query_text, read_split, write_embedded_tasks)
+from hypergen.data.synthetic import FAMILIES, KEY_SIZE, family_of, task_key
+from hypergen.errors import TaskFormatError
+
+SNI_ALGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "sni-algo"
+
+
+@pytest.fixture
+def sni_algo() -> Path:
+    if not (SNI_ALGO / "tasks").is_dir():
+        pytest.skip(f"real S-NI data {SNI_ALGO} not found")
+    return SNI_ALGO
+
+
+# --- real S-NI files -------------------------------------------------------------------------------------------
+
+def test_sni_algo_default_split_loads(sni_algo):
+    train, test = load_task_folder(sni_algo, "train"), load_task_folder(sni_algo, "test")
+    assert (len(train), len(test)) == (64, 12)
+    assert not {t.name for t in train} & {t.name for t in test}
+    for task in train + test:
+        assert task.definition.strip() and task.instances
+        assert all(isinstance(o, str) for ex in task.instances for o in ex.outputs)
+
+
+def test_sni_algo_variants(sni_algo):
+    capital = load_task(sni_algo / "tasks" / "task1087_two_number_sum.json")  # Input/Output keys, string output
+    raw = json.loads((sni_algo / "tasks" / "task1087_two_number_sum.json").read_text())["Instances"][0]
+    assert capital.instances[0] == Example(raw["Input"], (raw["Output"],))
+    string_def = load_task(sni_algo / "tasks" / "task078_all_elements_except_last_i.json")
+    raw_def = json.loads(Path(string_def.source).read_text())["Definition"]
+    assert isinstance(raw_def, str) and string_def.definition == raw_def.strip()
+    list_def = load_task(sni_algo / "tasks" / "task063_first_i_elements.json")
+    assert list_def.definition.startswith("In this task") and len(list_def.positives) >= 2
+
+
+# --- malformed files -------------------------------------------------------------------------------------------
+
+GOOD = {"Definition": ["Do it."], "Instances": [{"input": "a", "output": ["b"]}]}
+
+
+@pytest.mark.parametrize("content, field", [
+    ("{not json", "JSON"),
+    ("", "empty"),
+    ("[1, 2]", "object"),
+    (json.dumps({"Instances": GOOD["Instances"]}), "Definition"),
+    (json.dumps({"Definition": [""], "Instances": GOOD["Instances"]}), "Definition"),
+    (json.dumps({"Definition": "x", "Instances": []}), "Instances"),
+    (json.dumps({"Definition": "x"}), "Instances"),
+    (json.dumps({"Definition": "x", "Instances": [{"input": "a", "output": ["b"]}, {"input": "a"}]}),
+     "Instances[1].output"),
+    (json.dumps({"Definition": "x", "Instances": [{"output": "b"}]}), "Instances[0].input"),
+])
+def test_malformed_task_raises(tmp_path, content, field):
+    path = tmp_path / "task001_bad.json"
+    path.write_text(content)
+    with pytest.raises(TaskFormatError) as info:
+        load_task(path)
+    message = str(info.value)
+    assert str(path) in message and field in message and "\n" not in message
+
+
+def test_json_error_position(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"Definition": "x",\n oops}')
+    with pytest.raises(TaskFormatError, match="line 2 column 2"):
+        load_task(path)
+
+
+def test_split_files(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "task1_a.json").write_text(json.dumps(GOOD))
+    assert [t.name for t in load_task_folder(tmp_path)] == ["task1_a"]  # no splits: every task
+    assert [t.name for t in load_task_folder(tmp_path / "tasks")] == ["task1_a"]  # a bare folder of tasks
+    split = tmp_path / "mine.txt"
+    split.write_text("# comment\n\ntask1_a\ntask2_missing\n")
+    assert read_split(split) == ["task1_a", "task2_missing"]
+    with pytest.raises(TaskFormatError, match="task2_missing") as info:
+        load_task_folder(tmp_path, split_file=split)
+    assert str(split) in str(info.value)
+    with pytest.raises(TaskFormatError, match="nope.txt"):
+        read_split(tmp_path / "nope.txt")
+
+
+# --- text format -----------------------------------------------------------------------------------------------
+
+def _task(n_pos=3, n_inst=5, name="t"):
+    return Task(name=name, definition="Add one to the number",
+                positives=[Example(f"{i}", (f"{i + 1}", "other")) for i in range(n_pos)],
+                instances=[Example(f"q{i}", (f"a{i}",)) for i in range(n_inst)], source="mem")
+
+
+def test_demos_text_def_2pos():
+    text = demos_text(_task())
+    assert text == ("Definition: Add one to the number.\n\n"
+                    " Positive Example 1 -\nInput: 0.\n Output: 1.\n\n"
+                    " Positive Example 2 -\nInput: 1.\n Output: 2.\n\n")
+    assert "Positive Example 3" not in text
+    assert demos_text(_task(), num_positive=0, include_definition=False) == ""
+    assert query_text(Example("x?", ("y",)), "Q: {input}") == "Q: x?"
+
+
+# --- sampler ---------------------------------------------------------------------------------------------------
+
+def test_sampler_deterministic_and_distinct():
+    tasks = [_task(name=f"t{i}", n_inst=3 + i) for i in range(4)]
+    draw = lambda: [(t.name, [e.input for e in q]) for t, q in TaskSampler(tasks, 7, 3).next_batch(20)]  # noqa: E731
+    assert draw() == draw()
+    for _, queries in draw():
+        assert len(set(queries)) == 3
+    short = TaskSampler([_task(n_inst=2)], 0, queries_per_task=5).next_batch(1)[0][1]
+    assert len(short) == 5 and {e.input for e in short} == {"q0", "q1"}
+
+
+def test_sampler_proportional():
+    tasks = [_task(name="big", n_inst=100), _task(name="small", n_inst=10)]
+    counts = Counter(t.name for t, _ in TaskSampler(tasks, 0).next_batch(11000))
+    assert 8 < counts["big"] / counts["small"] < 12.5
+    uniform = Counter(t.name for t, _ in TaskSampler(tasks, 0, proportional=False).next_batch(11000))
+    assert 0.9 < uniform["big"] / uniform["small"] < 1.1
+
+
+def test_sampler_state_round_trip():
+    tasks = [_task(name=f"t{i}", n_inst=5 + i) for i in range(5)]
+    names = lambda batch: [(t.name, [e.input for e in q]) for t, q in batch]  # noqa: E731
+    a = TaskSampler(tasks, 3, queries_per_task=2)
+    a.next_batch(10)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = names(a.next_batch(10))
+    b = TaskSampler(tasks, 99, queries_per_task=2)
+    b.load_state_dict(state)
+    assert names(b.next_batch(10)) == expected
+
+
+# --- synthetic tasks -------------------------------------------------------------------------------------------
+
+def _bytes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_deterministic(tmp_path):
+    a = write_embedded_tasks(tmp_path / "a", seed=3, num_train_tasks=30, num_test_tasks=6, instances_per_task=8)
+    b = write_embedded_tasks(tmp_path / "b", seed=3, num_train_tasks=30, num_test_tasks=6, instances_per_task=8)
+    c = write_embedded_tasks(tmp_path / "c", seed=4, num_train_tasks=30, num_test_tasks=6, instances_per_task=8)
+    assert _bytes(a) == _bytes(b) != _bytes(c)
+    assert not list(a.rglob("*.tmp"))
+
+
+def test_synthetic_keys_and_splits(tmp_path):
+    folder = ensure_embedded_tasks(tmp_path / "syn")
+    train, test = load_task_folder(folder, "train"), load_task_folder(folder, "test")
+    assert (len(train), len(test)) == (300, 24)
+    assert Counter(family_of(t.name).name for t in test) == {name: 8 for name in FAMILIES}
+    train_keys = {frozenset(task_key(t).items()) for t in train}
+    assert all(frozenset(task_key(t).items()) not in train_keys for t in test)
+    for task in train + test:
+        family, key = family_of(task.name), task_key(task)
+        assert len(key) == len(task.positives) == KEY_SIZE and len(set(key.values())) == KEY_SIZE
+        assert task.definition == family.definition  # one text per family: it cannot reveal the key
+        assert "Positive Example 4" in demos_text(task, num_positive=4)
+        for ex in task.instances:
+            symbols = family.parse(ex.input)
+            assert 1 <= len(symbols) <= 2 and ex.outputs == (family.render([key[s] for s in symbols]),)
+
+
+def test_ensure_reuses(tmp_path):
+    folder = ensure_embedded_tasks(tmp_path, seed=1)
+    marker = folder / "tasks" / "task_letter_key_0000.json"
+    stamp = marker.stat().st_mtime_ns
+    ensure_embedded_tasks(tmp_path, seed=1)
+    assert marker.stat().st_mtime_ns == stamp
+    ensure_embedded_tasks(tmp_path, seed=2)
+    assert json.loads((folder / "manifest.json").read_text())["seed"] == 2
