@@ -39,11 +39,23 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        save_file(_unshared(tensors), tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors accepts: tensors that share memory (tied embeddings) are cloned apart."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        value = value.detach().contiguous().cpu()
+        pointer = value.untyped_storage().data_ptr() if value.numel() else -1
+        out[key] = value.clone() if pointer in seen else value
+        seen.add(pointer)
+    return out
 
 
 def sha256(path: Path) -> str:

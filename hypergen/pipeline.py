@@ -11,6 +11,7 @@ import torch
 
 from .data.sampling import TaskSampler
 from .evaluation.evaluate import evaluate
+from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
 from .recipe import apply_overrides, parse_recipe, read_recipe_dict
 from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, save_final
@@ -23,6 +24,8 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
+    if recipe.main_model.name_or_path:
+        check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
     train_tasks = load_tasks(recipe, "train")
     test_tasks = load_tasks(recipe, "test")
     random.seed(recipe.training.seed)

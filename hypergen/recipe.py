@@ -77,6 +77,7 @@ class Data(Strict):
     test_split_file: str | None = None
     num_positive: int = Field(2, ge=0, description="Def+kPos: positive examples in the demos")
     include_definition: bool = True
+    demo_style: Literal["sni", "compact"] = Field("sni", description="sni: Def+kPos text; compact: x>y pairs")
     max_demo_length: int = Field(1024, gt=0)
     max_input_length: int = Field(384, gt=0)
     max_target_length: int = Field(128, gt=0)

@@ -44,7 +44,8 @@ class Collator:
 
     def demos(self, task: Task) -> str:
         if task.name not in self._demo_cache:
-            self._demo_cache[task.name] = demos_text(task, self.cfg.num_positive, self.cfg.include_definition)
+            self._demo_cache[task.name] = demos_text(task, self.cfg.num_positive, self.cfg.include_definition,
+                                                       self.cfg.demo_style)
         return self._demo_cache[task.name]
 
     def _encode(self, texts: list[str], max_length: int):

@@ -25,10 +25,19 @@ def _close(text: str) -> str:
     return text if text and text[-1] in string.punctuation else text + "."
 
 
-def demos_text(task: Task, num_positive: int = 2, include_definition: bool = True) -> str:
-    """The S-NI "Def+{num_positive}Pos" text of ``task`` (first reference output of each positive example)."""
+def demos_text(task: Task, num_positive: int = 2, include_definition: bool = True, style: str = "sni") -> str:
+    """The S-NI "Def+{num_positive}Pos" text of ``task`` (first reference output of each positive example).
+
+    ``style="compact"`` writes the positives as ``x>y`` pairs joined by `` ; `` (after the definition, if any): a
+    short encoding for tiny byte-level models on a CPU, where every character is a token.
+    """
     if num_positive < 0:
         raise ValueError(f"num_positive must be >= 0, got {num_positive}")
+    if style == "compact":
+        pairs = " ; ".join(f"{e.input.strip()}>{e.outputs[0].strip()}" for e in task.positives[:num_positive])
+        return (task.definition.strip() + " | " if include_definition else "") + pairs + " | "
+    if style != "sni":
+        raise ValueError(f"demo style must be 'sni' or 'compact', got {style!r}")
     parts = []
     if include_definition:
         parts.append(_close("Definition: " + task.definition.strip()) + "\n\n")

@@ -1,17 +1,21 @@
-"""The embedded demo task family: secret symbol substitutions, written as S-NI task files.
+"""The embedded demo task family: add a secret symbol to a short word, number or list, as S-NI task files.
 
-Every task hides a **key**: four source symbols mapped to four distinct target symbols. The definition describes
-only the family; the ``Positive Examples`` are one example per source symbol, so Def+4Pos reveals the whole key
-and a model can only solve a held-out task by reading its demonstrations. Instances map inputs of one or two
-source symbols. Inputs and outputs are a few characters long, so a tiny byte-level T5 learns them on a CPU.
+Every task hides two parameters that only its demonstrations reveal: a **symbol** c and an **operation**, append
+(``"bd"`` -> ``"bdx"``) or prepend (``"bd"`` -> ``"xbd"``). The definition describes only the format, never c or
+the operation, so the query alone cannot determine the answer. Formats (the task name says which):
 
-Families (the task name says which): ``letter_key`` (``"bd"`` -> ``"xm"``), ``digit_key`` (``"3 7"`` -> ``"1 4"``)
-and ``list_key`` (``"[b, d]"`` -> ``"[x, m]"``). Held-out keys never equal a training key, as mappings.
+* ``word``:   letters a-h, symbol any letter a-z:      ``"bd"``     -> ``"bdx"``
+* ``number``: digits 0-9, symbol any digit:            ``"37"``     -> ``"374"``
+* ``list``:   letters a-h, symbol any letter a-z:      ``"[b, d]"`` -> ``"[x, b, d]"``
+
+Held-out tasks are (format, operation, symbol) combinations never trained on: for a held-out "append x" word task,
+"prepend x" words and "append" words with other symbols are trained, never "append x" words. So a held-out score
+above the frozen model's is adaptation, not memory. Inputs and outputs are a few characters long, so a tiny
+byte-level T5 learns them on a CPU in minutes.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -22,18 +26,18 @@ from typing import Callable
 
 from .tasks import Task
 
-KEY_SIZE = 4
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+OPERATIONS = ("append", "prepend")
 
 
 @dataclass(frozen=True)
 class Family:
-    """One kind of substitution task: which symbols it maps and how a symbol sequence is written."""
+    """One format: the symbols queries use, the secret symbols, and how a symbol sequence is written."""
 
     name: str
     sources: str
-    targets: str
+    symbols: str
     definition: str
     render: Callable[[list[str]], str]
     parse: Callable[[str], list[str]]
@@ -42,12 +46,12 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("letter_key", "abcdefgh", string.ascii_lowercase,
-               "Replace each letter of the input by its secret code letter.", "".join, list),
-        Family("digit_key", string.digits, string.digits,
-               "Replace each digit of the input by its secret code digit.", " ".join, str.split),
-        Family("list_key", "abcdefgh", string.ascii_lowercase,
-               "Replace each letter of the input list by its secret code letter.",
+        Family("word", "abcdefgh", string.ascii_lowercase,
+               "Add the secret letter to the word, at the secret end.", "".join, list),
+        Family("number", string.digits, string.digits,
+               "Add the secret digit to the number, at the secret end.", "".join, list),
+        Family("list", "abcdefgh", string.ascii_lowercase,
+               "Add the secret letter to the list, at the secret end.",
                lambda s: "[" + ", ".join(s) + "]", lambda t: [x for x in t.strip("[]").split(", ") if x]),
     )
 }
@@ -61,36 +65,33 @@ def family_of(task_name: str) -> Family:
     raise ValueError(f"{task_name!r} is not a synthetic task name")
 
 
-def task_key(task: Task) -> dict[str, str]:
-    """The key a synthetic task's positive examples reveal (source symbol -> target symbol)."""
+def apply_rule(symbols: list[str], operation: str, symbol: str) -> list[str]:
+    return symbols + [symbol] if operation == "append" else [symbol] + symbols
+
+
+def task_rule(task: Task) -> tuple[str, str]:
+    """(operation, symbol) that a synthetic task's first positive example reveals."""
     family = family_of(task.name)
-    return {family.parse(p.input)[0]: family.parse(p.outputs[0])[0] for p in task.positives}
+    source, target = family.parse(task.positives[0].input), family.parse(task.positives[0].outputs[0])
+    return ("append", target[-1]) if target[:-1] == source else ("prepend", target[0])
 
 
-def _draw_key(rng: random.Random, family: Family) -> dict[str, str]:
-    sources = sorted(rng.sample(family.sources, KEY_SIZE))
-    return dict(zip(sources, rng.sample(family.targets, KEY_SIZE)))
+def _task_json(rng: random.Random, family: Family, operation: str, symbol: str, num_instances: int,
+               num_positive: int) -> dict:
+    def example() -> dict:
+        source = rng.choices(family.sources, k=rng.randint(1, 2))
+        return {"input": family.render(source), "output": family.render(apply_rule(source, operation, symbol))}
 
-
-def _task_json(rng: random.Random, family: Family, key: dict[str, str], num_instances: int) -> dict:
-    def example(symbols: tuple[str, ...]) -> dict:
-        return {"input": family.render(list(symbols)), "output": family.render([key[s] for s in symbols])}
-
-    positives = [dict(example((s,)), explanation=f"{s} is replaced by {key[s]}.") for s in key]
-    # Every 1- and 2-symbol input once, in shuffled rounds, until there are enough instances.
-    inputs = [(s,) for s in key] + list(itertools.product(key, repeat=2))
-    chosen: list[tuple[str, ...]] = []
-    while len(chosen) < num_instances:
-        chosen += rng.sample(inputs, len(inputs))
-    instances = [example(symbols) for symbols in chosen[:num_instances]]
+    positives = [dict(example(), explanation=f"The secret symbol is {symbol}; it is added at the {operation} end.")
+                 for _ in range(num_positive)]
     return {
         "Contributors": ["hypergen"],
         "Source": ["hypergen synthetic"],
-        "Categories": ["Symbol Substitution"],
+        "Categories": ["Symbol Insertion"],
         "Definition": [family.definition],
         "Positive Examples": positives,
         "Negative Examples": [],
-        "Instances": [{"input": i["input"], "output": [i["output"]]} for i in instances],
+        "Instances": [{"input": e["input"], "output": [e["output"]]} for e in (example() for _ in range(num_instances))],
     }
 
 
@@ -101,21 +102,22 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _params(seed: int, num_train_tasks: int, num_test_tasks: int, instances_per_task: int) -> dict:
-    return {"format": "hypergen-synthetic-keys", "version": FORMAT_VERSION, "seed": seed,
-            "num_train_tasks": num_train_tasks, "num_test_tasks": num_test_tasks,
-            "instances_per_task": instances_per_task}
+def _params(seed: int, held_out_fraction: float, instances_per_task: int, num_positive: int) -> dict:
+    return {"format": "hypergen-synthetic-affix", "version": FORMAT_VERSION, "seed": seed,
+            "held_out_fraction": held_out_fraction, "instances_per_task": instances_per_task,
+            "num_positive": num_positive}
 
 
-def write_embedded_tasks(out_dir: str | Path, seed: int = 0, num_train_tasks: int = 300, num_test_tasks: int = 24,
-                         instances_per_task: int = 32) -> Path:
+def write_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: float = 0.25,
+                         instances_per_task: int = 32, num_positive: int = 4) -> Path:
     """Write ``out_dir/tasks/<name>.json``, ``out_dir/splits/default/{train,test}_tasks.txt`` and a manifest.
 
-    Families alternate over both splits, so the test tasks are spread over them. Every key is distinct from
-    every other (as a mapping, across families too); same arguments, same bytes.
+    One task per (format, operation, symbol): 124 in all. For a ``held_out_fraction`` of each format's symbols,
+    one of the two operations (chosen at random) is held out; the other stays in training. Same arguments, same
+    bytes.
     """
-    if num_train_tasks < 1 or num_test_tasks < 0 or instances_per_task < 1:
-        raise ValueError("need num_train_tasks >= 1, num_test_tasks >= 0 and instances_per_task >= 1")
+    if not 0 < held_out_fraction < 1 or instances_per_task < 1 or num_positive < 1:
+        raise ValueError("need 0 < held_out_fraction < 1, instances_per_task >= 1 and num_positive >= 1")
     out_dir = Path(out_dir)
     tasks_dir, split_dir = out_dir / "tasks", out_dir / "splits" / "default"
     tasks_dir.mkdir(parents=True, exist_ok=True)
@@ -123,37 +125,30 @@ def write_embedded_tasks(out_dir: str | Path, seed: int = 0, num_train_tasks: in
     (out_dir / MANIFEST).unlink(missing_ok=True)  # a manifest marks a complete folder
 
     rng = random.Random(seed)
-    families = list(FAMILIES.values())
-    seen: set[frozenset] = set()
-    splits: dict[str, list[tuple[str, dict[str, str]]]] = {"train": [], "test": []}
-    for index in range(num_train_tasks + num_test_tasks):
-        split = "train" if index < num_train_tasks else "test"
-        family = families[(index if split == "train" else index - num_train_tasks) % len(families)]
-        key = _draw_key(rng, family)
-        while frozenset(key.items()) in seen:
-            key = _draw_key(rng, family)
-        seen.add(frozenset(key.items()))
-        name = f"task_{family.name}_{index:04d}"
-        task = _task_json(rng, family, key, instances_per_task)
-        _write_atomic(tasks_dir / f"{name}.json", json.dumps(task, indent=2, ensure_ascii=False) + "\n")
-        splits[split].append((name, key))
-
-    train_keys = {frozenset(key.items()) for _, key in splits["train"]}
-    leaked = [name for name, key in splits["test"] if frozenset(key.items()) in train_keys]
-    if leaked:
-        raise RuntimeError(f"held-out tasks share a training key: {', '.join(leaked)}")
-    for split, entries in splits.items():
-        _write_atomic(split_dir / f"{split}_tasks.txt", "".join(f"{name}\n" for name, _ in entries))
-    params = _params(seed, num_train_tasks, num_test_tasks, instances_per_task)
+    splits: dict[str, list[str]] = {"train": [], "test": []}
+    index = 0
+    for family in FAMILIES.values():
+        held = rng.sample(family.symbols, max(1, round(held_out_fraction * len(family.symbols))))
+        held_op = {symbol: rng.choice(OPERATIONS) for symbol in held}
+        for symbol in family.symbols:
+            for operation in OPERATIONS:
+                name = f"task_{family.name}_{index:04d}"
+                index += 1
+                task = _task_json(rng, family, operation, symbol, instances_per_task, num_positive)
+                _write_atomic(tasks_dir / f"{name}.json", json.dumps(task, indent=2, ensure_ascii=False) + "\n")
+                splits["test" if held_op.get(symbol) == operation else "train"].append(name)
+    for split, names in splits.items():
+        _write_atomic(split_dir / f"{split}_tasks.txt", "".join(f"{name}\n" for name in names))
+    params = _params(seed, held_out_fraction, instances_per_task, num_positive)
     _write_atomic(out_dir / MANIFEST, json.dumps(params, indent=2) + "\n")
     return out_dir
 
 
-def ensure_embedded_tasks(out_dir: str | Path, seed: int = 0, num_train_tasks: int = 300, num_test_tasks: int = 24,
-                          instances_per_task: int = 32) -> Path:
+def ensure_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: float = 0.25,
+                          instances_per_task: int = 32, num_positive: int = 4) -> Path:
     """Like :func:`write_embedded_tasks`, but reuse ``out_dir`` when its manifest says it holds these tasks."""
     out_dir = Path(out_dir)
-    wanted = _params(seed, num_train_tasks, num_test_tasks, instances_per_task)
+    wanted = _params(seed, held_out_fraction, instances_per_task, num_positive)
     try:
         current = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -161,4 +156,4 @@ def ensure_embedded_tasks(out_dir: str | Path, seed: int = 0, num_train_tasks: i
     splits_ok = all((out_dir / "splits" / "default" / f"{s}_tasks.txt").is_file() for s in ("train", "test"))
     if current == wanted and splits_ok:
         return out_dir
-    return write_embedded_tasks(out_dir, seed, num_train_tasks, num_test_tasks, instances_per_task)
+    return write_embedded_tasks(out_dir, seed, held_out_fraction, instances_per_task, num_positive)

@@ -26,7 +26,7 @@ def tiny_t5(spec, vocab_size: int) -> T5ForConditionalGeneration:
     config = T5Config(
         vocab_size=vocab_size, d_model=spec.d_model, d_kv=spec.d_kv, d_ff=spec.d_ff, num_layers=spec.num_layers,
         num_decoder_layers=spec.num_decoder_layers, num_heads=spec.num_heads, dropout_rate=spec.dropout_rate,
-        feed_forward_proj=spec.feed_forward_proj, tie_word_embeddings=False, decoder_start_token_id=0,
+        feed_forward_proj=spec.feed_forward_proj, decoder_start_token_id=0,
         pad_token_id=0, eos_token_id=1,
     )
     with torch.random.fork_rng():

@@ -1,0 +1,33 @@
+# The two quick-start targets: `make demo` (tiny train + evaluate on the embedded tasks) and `make test`.
+# Both set up .venv first: torch==2.13.0 (the CPU build on this machine's disk) before the project, so pip never
+# pulls a multi-GB CUDA build for a plain `torch` requirement.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HYPERGEN := $(BIN)/hypergen
+DEMO := runs/demo
+
+.PHONY: demo test setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(HYPERGEN) finetune recipes/tiny_finetune.json --output $(DEMO)/main --overwrite --quiet
+	$(HYPERGEN) train recipes/tiny_hypertuning.json --output $(DEMO)/hypertuning --overwrite --quiet
+	$(HYPERGEN) train recipes/tiny_hart.json --output $(DEMO)/hart --overwrite --quiet
+	@echo
+	@echo "Held-out tasks (parameter combinations never trained on):"
+	@$(HYPERGEN) compare $(DEMO)/main $(DEMO)/hypertuning $(DEMO)/hart \
+		--label "main model alone (zero-shot)" --label "HyperTuning" --label "HART"
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .cache *.egg-info

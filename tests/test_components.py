@@ -1,0 +1,159 @@
+"""Generators, projector, regularizer and the assembled hypernetwork: shapes, the autoregressive contract,
+and that only the hypernetwork learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hypergen.components.generators import AutoregressiveGenerator, NonAutoregressiveGenerator
+from hypergen.components.projectors import LayerwiseMLPProjector
+from hypergen.components.regularizers import LocalConsistency
+from hypergen.components.targets.prefix import PrefixTarget
+from hypergen.data.collate import Collator
+from hypergen.data.tasks import Example, Task
+from hypergen.models.hypernet import HyperNetwork, main_model_shape
+from hypergen.recipe import Data, Evaluation
+from hypergen.training.methods import HypernetMethod
+
+P = 4
+
+
+def build(tiny_main, generator, k=1):
+    target = PrefixTarget(length=P)
+    torch.manual_seed(1)
+    hypernet = HyperNetwork(tiny_main, generator, LayerwiseMLPProjector(), target.slot_groups(tiny_main), k)
+    target.prepare(tiny_main)
+    return hypernet, target
+
+
+def demos(num_tasks=2, length=7):
+    torch.manual_seed(2)
+    ids = torch.randint(3, 300, (num_tasks, length))
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("generator,rows", [(AutoregressiveGenerator(), 2 * 3), (NonAutoregressiveGenerator(), 2 * P)])
+def test_shapes(tiny_main, generator, rows):
+    hypernet, _ = build(tiny_main, generator)
+    out = hypernet(*demos())
+    assert out.generated.states.shape == (2, rows, 32)
+    width = tiny_main.config.num_heads * tiny_main.config.d_kv
+    assert out.params["encoder.key"].shape == (2, 3, P, width)
+    assert out.params["decoder.value"].shape == (2, 2, P, width)
+    assert out.encoder_states.shape == (2, 7, 32)
+
+
+def test_hart_rows_feed_their_layer(tiny_main):
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator())
+    generated = hypernet(*demos()).generated
+    assert generated.rows["encoder"] == [[0], [2], [4]] and generated.rows["decoder"] == [[1], [3]]
+    reverse, _ = build(tiny_main, AutoregressiveGenerator(reverse=True))
+    assert reverse(*demos()).generated.rows["encoder"] == [[4], [2], [0]]
+
+
+def test_projector_first_linear_shared_second_per_layer(tiny_main):
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator())
+    head = hypernet.projector.heads["encoder_key"]
+    assert head.first.weight.shape == (P * 32, 32)  # HART: d_h -> p * d_h, shared by the group's layers
+    assert head.second_weight.shape == (3, 32, 32)  # one d_h -> width map per layer
+    ht, _ = build(tiny_main, NonAutoregressiveGenerator())
+    assert ht.projector.heads["encoder_key"].first.weight.shape == (32, 32)  # HyperTuning: d_h -> d_h per row
+
+
+def test_projector_matches_paper_formula(tiny_main):
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator())
+    generated = hypernet(*demos()).generated
+    head = hypernet.projector.heads["decoder_value"]
+    layer = 1
+    h = generated.states[:, 2 * layer + 1]  # h_l[1] feeds decoder layer l
+    normed = torch.nn.functional.layer_norm(h, (32,), head.norm_weight[layer], head.norm_bias[layer], eps=head.eps)
+    expected = torch.tanh(head.first(normed).view(2, P, 32)) @ head.second_weight[layer] + head.second_bias[layer]
+    got = hypernet.projector(generated)["decoder.value"][:, layer]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_autoregressive_cache_equals_recompute(tiny_main):
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator(), k=2)
+    hypernet.eval()
+    ids, mask = demos()
+    cached = hypernet(ids, mask).generated.states
+    hypernet.generator.use_cache = False
+    recomputed = hypernet(ids, mask).generated.states
+    torch.testing.assert_close(cached, recomputed, atol=1e-5, rtol=1e-5)
+
+
+def test_autoregressive_state_depends_only_on_earlier_steps(tiny_main):
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator(), k=2)
+    hypernet.eval()
+    encoder_states = hypernet.encoder(*demos()).last_hidden_state
+    _, mask = demos()
+    shape = main_model_shape(tiny_main)
+    full = hypernet.generator(hypernet.decoder, encoder_states, mask, shape).states
+    shorter = type(shape)(num_encoder_layers=2, num_decoder_layers=1)
+    truncated = hypernet.generator(hypernet.decoder, encoder_states, mask, shorter).states
+    torch.testing.assert_close(full[:, :4], truncated, atol=1e-5, rtol=1e-5)
+    # and gradients flow through the chain: the last state depends on z through every step
+    hypernet.generator.z.grad = None
+    full[:, -1].sum().backward()
+    assert hypernet.generator.z.grad is not None and hypernet.generator.z.grad.abs().sum() > 0
+
+
+def test_non_autoregressive_is_bidirectional(tiny_main):
+    hypernet, _ = build(tiny_main, NonAutoregressiveGenerator(), k=2)
+    hypernet.eval()
+    ids, mask = demos()
+    before = hypernet(ids, mask).generated.states
+    with torch.no_grad():
+        hypernet.generator.z[-1] += 1.0  # change the last input token: the first output must change too
+    after = hypernet(ids, mask).generated.states
+    assert not torch.allclose(before[:, 0], after[:, 0])
+
+
+def test_local_consistency():
+    reg = LocalConsistency(alpha=5.0)
+    first = torch.randn(3, 6, 8, requires_grad=True)
+    assert reg.loss(first, 0).item() == 0.0
+    second = torch.randn(3, 6, 8, requires_grad=True)
+    value = reg.loss(second, 1)
+    torch.testing.assert_close(value, ((second - first.detach()) ** 2).mean())
+    value.backward()
+    assert first.grad is None and second.grad is not None  # the previous states are detached
+    fewer = torch.randn(2, 6, 8)
+    torch.testing.assert_close(reg.loss(fewer, 2), ((fewer - second.detach()[:2]) ** 2).mean())
+    restored = LocalConsistency()
+    restored.load_state_dict(reg.state_dict())
+    third = torch.randn(2, 6, 8)
+    torch.testing.assert_close(restored.loss(third, 3), reg.loss(third, 3))
+
+
+def test_only_hypernetwork_gets_gradients(tiny_main):
+    from transformers import ByT5Tokenizer
+
+    hypernet, target = build(tiny_main, AutoregressiveGenerator())
+    method = HypernetMethod(tiny_main, hypernet, target, [LocalConsistency()], fusion=True, eval_cfg=Evaluation())
+    task = Task("t", "Add x.", [Example("a", ("ax",)), Example("b", ("bx",))],
+                [Example("c", ("cx",)), Example("d", ("dx",))], "mem")
+    data = Data(source="embedded", max_demo_length=64, max_input_length=16, max_target_length=8)
+    batch = Collator(ByT5Tokenizer(), data)([(task, task.instances)])
+    loss, parts = method.loss(batch, 0)
+    loss.backward()
+    assert all(p.grad is None for p in tiny_main.parameters())
+    trainable = dict(hypernet.named_parameters())
+    missing = [n for n, p in trainable.items() if p.grad is None]
+    assert not missing, missing
+    assert hypernet.generator.z.grad.abs().sum() > 0
+    assert set(parts) == {"loss", "cst"}
+
+
+def test_hypernetwork_initialised_from_main(tiny_main):
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator(), k=1)
+    assert len(hypernet.decoder.block) == 1
+    torch.testing.assert_close(hypernet.decoder.block[0].layer[0].SelfAttention.q.weight,
+                               tiny_main.decoder.block[0].layer[0].SelfAttention.q.weight)
+    torch.testing.assert_close(hypernet.encoder.block[2].layer[1].DenseReluDense.wo.weight,
+                               tiny_main.encoder.block[2].layer[1].DenseReluDense.wo.weight)
+    assert hypernet.encoder.block[0].layer[0].SelfAttention.q.weight is not \
+        tiny_main.encoder.block[0].layer[0].SelfAttention.q.weight
