@@ -144,6 +144,9 @@ class FinetuneRecipe(Strict):
     description: str = ""
     main_model: MainModel
     few_shot: bool = Field(False, description="prepend the task's demos to the input (FT-Few-Shot)")
+    train_demos_fraction: float | None = Field(
+        None, ge=0, le=1, description="share of training examples with demos in the input (default: 1 if few_shot "
+        "else 0); a mix trains a main model that can read demos, as a pretrained one can")
     data: Data
     training: Training = Training()
     evaluation: Evaluation = Evaluation()

@@ -80,7 +80,7 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
         torch.set_num_threads(recipe.training.threads)
     main_model, tokenizer = load_main_model(recipe.main_model, device)
     if isinstance(recipe, FinetuneRecipe):
-        method = FinetuneMethod(main_model, recipe.few_shot, recipe.evaluation)
+        method = FinetuneMethod(main_model, recipe.few_shot, recipe.evaluation, recipe.train_demos_fraction)
     else:
         method = build_hypernet_method(recipe, main_model, device)
     return Assembled(recipe, method, tokenizer, Collator(tokenizer, recipe.data), device)

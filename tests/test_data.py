@@ -1,4 +1,4 @@
-"""Tests for hypergen.data: S-NI loading, Def+kPos text, task sampling and the synthetic key tasks."""
+"""Tests for hypergen.data: S-NI loading, Def+kPos text, task sampling and the synthetic affix tasks."""
 
 import json
 from collections import Counter
@@ -8,7 +8,7 @@ import pytest
 
 from hypergen.data import (Example, Task, TaskSampler, demos_text, ensure_embedded_tasks, load_task, load_task_folder,
                            query_text, read_split, write_embedded_tasks)
-from hypergen.data.synthetic import FAMILIES, KEY_SIZE, family_of, task_key
+from hypergen.data.synthetic import FAMILIES, apply_rule, family_of, task_rule
 from hypergen.errors import TaskFormatError
 
 SNI_ALGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "sni-algo"
@@ -148,33 +148,39 @@ def _bytes(folder: Path) -> dict:
 
 
 def test_synthetic_deterministic(tmp_path):
-    a = write_embedded_tasks(tmp_path / "a", seed=3, num_train_tasks=30, num_test_tasks=6, instances_per_task=8)
-    b = write_embedded_tasks(tmp_path / "b", seed=3, num_train_tasks=30, num_test_tasks=6, instances_per_task=8)
-    c = write_embedded_tasks(tmp_path / "c", seed=4, num_train_tasks=30, num_test_tasks=6, instances_per_task=8)
+    a = write_embedded_tasks(tmp_path / "a", seed=3, instances_per_task=8)
+    b = write_embedded_tasks(tmp_path / "b", seed=3, instances_per_task=8)
+    c = write_embedded_tasks(tmp_path / "c", seed=4, instances_per_task=8)
     assert _bytes(a) == _bytes(b) != _bytes(c)
     assert not list(a.rglob("*.tmp"))
 
 
-def test_synthetic_keys_and_splits(tmp_path):
+def test_synthetic_rules_and_held_out_combinations(tmp_path):
     folder = ensure_embedded_tasks(tmp_path / "syn")
     train, test = load_task_folder(folder, "train"), load_task_folder(folder, "test")
-    assert (len(train), len(test)) == (300, 24)
-    assert Counter(family_of(t.name).name for t in test) == {name: 8 for name in FAMILIES}
-    train_keys = {frozenset(task_key(t).items()) for t in train}
-    assert all(frozenset(task_key(t).items()) not in train_keys for t in test)
+    assert len(train) + len(test) == sum(2 * len(f.symbols) for f in FAMILIES.values())
+    assert {family_of(t.name).name for t in test} == set(FAMILIES)
+    rule = {t.name: (family_of(t.name).name, *task_rule(t)) for t in train + test}
+    trained = {rule[t.name] for t in train}
+    for task in test:
+        family, operation, symbol = rule[task.name]
+        assert (family, operation, symbol) not in trained  # never trained on this combination
+        other = "prepend" if operation == "append" else "append"
+        assert (family, other, symbol) in trained  # but on the symbol with the other operation
+        assert any(r[0] == family and r[1] == operation for r in trained)  # and on the operation
     for task in train + test:
-        family, key = family_of(task.name), task_key(task)
-        assert len(key) == len(task.positives) == KEY_SIZE and len(set(key.values())) == KEY_SIZE
-        assert task.definition == family.definition  # one text per family: it cannot reveal the key
-        assert "Positive Example 4" in demos_text(task, num_positive=4)
-        for ex in task.instances:
-            symbols = family.parse(ex.input)
-            assert 1 <= len(symbols) <= 2 and ex.outputs == (family.render([key[s] for s in symbols]),)
+        family = family_of(task.name)
+        operation, symbol = task_rule(task)
+        assert task.definition == family.definition  # one text per family: it cannot reveal the rule
+        for ex in task.positives + task.instances:
+            source = family.parse(ex.input)
+            assert 1 <= len(source) <= 2
+            assert ex.outputs == (family.render(apply_rule(source, operation, symbol)),)
 
 
 def test_ensure_reuses(tmp_path):
     folder = ensure_embedded_tasks(tmp_path, seed=1)
-    marker = folder / "tasks" / "task_letter_key_0000.json"
+    marker = folder / "tasks" / "task_word_0000.json"
     stamp = marker.stat().st_mtime_ns
     ensure_embedded_tasks(tmp_path, seed=1)
     assert marker.stat().st_mtime_ns == stamp

@@ -6,6 +6,7 @@ runs once per task and its parameters are shared by that task's queries.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,9 @@ class Collator:
         return self.tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
 
     def __call__(self, groups: list[tuple[Task, list[Example]]], with_labels: bool = True,
-                 demos_in_input: bool = False) -> Batch:
+                 demos_in_input: bool | float = False) -> Batch:
+        """``demos_in_input``: put the task's demos before each query (fine-tuning baselines); a fraction in
+        (0, 1) does so for that share of examples, drawn with Python's ``random`` (checkpointed by the trainer)."""
         tasks = [task for task, _ in groups]
         demos = self._encode([self.demos(t) for t in tasks], self.cfg.max_demo_length)
         task_index, inputs, targets, references = [], [], [], []
@@ -60,7 +63,8 @@ class Collator:
             for example in examples:
                 task_index.append(row)
                 query = query_text(example)
-                inputs.append(self.demos(task) + query if demos_in_input else query)
+                with_demos = demos_in_input >= 1 or (demos_in_input > 0 and random.random() < demos_in_input)
+                inputs.append(self.demos(task) + query if with_demos else query)
                 targets.append(example.outputs[0])
                 references.append(tuple(example.outputs))
         limit = self.cfg.max_input_length + (self.cfg.max_demo_length if demos_in_input else 0)

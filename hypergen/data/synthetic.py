@@ -27,7 +27,7 @@ from typing import Callable
 from .tasks import Task
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 OPERATIONS = ("append", "prepend")
 
 
@@ -69,11 +69,19 @@ def apply_rule(symbols: list[str], operation: str, symbol: str) -> list[str]:
     return symbols + [symbol] if operation == "append" else [symbol] + symbols
 
 
+def _reveals(source: list[str], symbol: str) -> bool:
+    """Whether an example with this input tells append from prepend (it does unless all symbols are equal)."""
+    return apply_rule(source, "append", symbol) != apply_rule(source, "prepend", symbol)
+
+
 def task_rule(task: Task) -> tuple[str, str]:
-    """(operation, symbol) that a synthetic task's first positive example reveals."""
+    """(operation, symbol) that a synthetic task's positive examples reveal."""
     family = family_of(task.name)
-    source, target = family.parse(task.positives[0].input), family.parse(task.positives[0].outputs[0])
-    return ("append", target[-1]) if target[:-1] == source else ("prepend", target[0])
+    for positive in task.positives:
+        source, target = family.parse(positive.input), family.parse(positive.outputs[0])
+        if _reveals(source, target[-1]) or _reveals(source, target[0]):
+            return ("append", target[-1]) if target[:-1] == source else ("prepend", target[0])
+    raise ValueError(f"{task.name}: no positive example tells append from prepend")
 
 
 def _task_json(rng: random.Random, family: Family, operation: str, symbol: str, num_instances: int,
@@ -82,8 +90,11 @@ def _task_json(rng: random.Random, family: Family, operation: str, symbol: str, 
         source = rng.choices(family.sources, k=rng.randint(1, 2))
         return {"input": family.render(source), "output": family.render(apply_rule(source, operation, symbol))}
 
-    positives = [dict(example(), explanation=f"The secret symbol is {symbol}; it is added at the {operation} end.")
-                 for _ in range(num_positive)]
+    positives = [example() for _ in range(num_positive)]
+    while not any(_reveals(family.parse(p["input"]), symbol) for p in positives):  # demos must reveal the rule
+        positives[-1] = example()
+    for positive in positives:
+        positive["explanation"] = f"The secret symbol is {symbol}; it is added at the {operation} end."
     return {
         "Contributors": ["hypergen"],
         "Source": ["hypergen synthetic"],

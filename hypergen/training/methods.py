@@ -20,6 +20,7 @@ class HypernetMethod:
     """HART, HyperTuning and hybrids: L = L_pred + sum_i alpha_i * R_i(states)."""
 
     demos_in_input = False
+    train_demos_in_input = 0.0
 
     def __init__(self, main_model: nn.Module, hypernet: HyperNetwork, target: PEFTTarget,
                  regularizers: list[Regularizer], fusion: bool, eval_cfg) -> None:
@@ -63,10 +64,11 @@ class HypernetMethod:
 class FinetuneMethod:
     """Multi-task fine-tuning of the main model: FT-Zero-Shot (query only) or FT-Few-Shot (demos + query)."""
 
-    def __init__(self, model: nn.Module, few_shot: bool, eval_cfg) -> None:
+    def __init__(self, model: nn.Module, few_shot: bool, eval_cfg, train_demos_fraction: float | None = None) -> None:
         self.module = model
         self.main_model = model
         self.demos_in_input = few_shot
+        self.train_demos_in_input = float(few_shot) if train_demos_fraction is None else train_demos_fraction
         self.regularizers: list[Regularizer] = []
         self.eval_cfg = eval_cfg
         for parameter in model.parameters():

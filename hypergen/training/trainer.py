@@ -96,7 +96,7 @@ class Trainer:
             finite = True
             for _ in range(self.accumulation):
                 batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
-                                      demos_in_input=self.method.demos_in_input).to(self.device)
+                                      demos_in_input=self.method.train_demos_in_input).to(self.device)
                 loss, parts = self.method.loss(batch, self.step)
                 if not torch.isfinite(loss):
                     finite = False
