@@ -158,24 +158,24 @@ def test_synthetic_deterministic(tmp_path):
 def test_synthetic_rules_and_held_out_combinations(tmp_path):
     folder = ensure_embedded_tasks(tmp_path / "syn")
     train, test = load_task_folder(folder, "train"), load_task_folder(folder, "test")
-    assert len(train) + len(test) == sum(2 * len(f.symbols) for f in FAMILIES.values())
+    assert len(train) + len(test) == sum(len(f.symbols) ** 2 for f in FAMILIES.values())
     assert {family_of(t.name).name for t in test} == set(FAMILIES)
     rule = {t.name: (family_of(t.name).name, *task_rule(t)) for t in train + test}
     trained = {rule[t.name] for t in train}
     for task in test:
-        family, operation, symbol = rule[task.name]
-        assert (family, operation, symbol) not in trained  # never trained on this combination
-        other = "prepend" if operation == "append" else "append"
-        assert (family, other, symbol) in trained  # but on the symbol with the other operation
-        assert any(r[0] == family and r[1] == operation for r in trained)  # and on the operation
+        family, left, right = rule[task.name]
+        assert (family, left, right) not in trained  # never trained on this pair
+        for symbol in (left, right):  # but on each of its symbols, on both sides
+            assert any(r[0] == family and r[1] == symbol for r in trained)
+            assert any(r[0] == family and r[2] == symbol for r in trained)
     for task in train + test:
         family = family_of(task.name)
-        operation, symbol = task_rule(task)
-        assert task.definition == family.definition  # one text per family: it cannot reveal the rule
+        left, right = task_rule(task)
+        assert task.definition == family.definition  # one text per family: it cannot reveal the symbols
         for ex in task.positives + task.instances:
             source = family.parse(ex.input)
             assert 1 <= len(source) <= 2
-            assert ex.outputs == (family.render(apply_rule(source, operation, symbol)),)
+            assert ex.outputs == (family.render(apply_rule(source, left, right)),)
 
 
 def test_ensure_reuses(tmp_path):

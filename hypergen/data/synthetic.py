@@ -1,17 +1,18 @@
-"""The embedded demo task family: add a secret symbol to a short word, number or list, as S-NI task files.
+"""The embedded demo task family: wrap a short word, number or list in two secret symbols, as S-NI task files.
 
-Every task hides two parameters that only its demonstrations reveal: a **symbol** c and an **operation**, append
-(``"bd"`` -> ``"bdx"``) or prepend (``"bd"`` -> ``"xbd"``). The definition describes only the format, never c or
-the operation, so the query alone cannot determine the answer. Formats (the task name says which):
+Every task hides two parameters that only its demonstrations reveal: a **left** symbol and a **right** symbol,
+added at the two ends of the input (``"bd"`` -> ``"xbdy"``). The definition describes only the format, never the
+symbols, so the query alone cannot determine the answer. Formats (the task name says which):
 
-* ``word``:   letters a-h, symbol any letter a-z:      ``"bd"``     -> ``"bdx"``
-* ``number``: digits 0-9, symbol any digit:            ``"37"``     -> ``"374"``
-* ``list``:   letters a-h, symbol any letter a-z:      ``"[b, d]"`` -> ``"[x, b, d]"``
+* ``word``:   letters a-h, symbols any letters a-z:    ``"bd"``     -> ``"xbdy"``
+* ``number``: digits 0-9, symbols any digits:          ``"37"``     -> ``"4371"``
+* ``list``:   letters a-h, symbols any letters a-z:    ``"[b, d]"`` -> ``"[x, b, d, y]"``
 
-Held-out tasks are (format, operation, symbol) combinations never trained on: for a held-out "append x" word task,
-"prepend x" words and "append" words with other symbols are trained, never "append x" words. So a held-out score
-above the frozen model's is adaptation, not memory. Inputs and outputs are a few characters long, so a tiny
-byte-level T5 learns them on a CPU in minutes.
+There is one task per (format, left, right): 26 * 26 + 10 * 10 + 26 * 26 = 1452, far more than a hypernetwork can
+memorise in a demo's minutes, so it has to learn to read the demos. Held-out tasks are (left, right) pairs never
+trained on, while each of their symbols is trained on both sides; a held-out score above the frozen main model's
+is adaptation, not memory. Inputs and outputs are a few characters long, so a tiny byte-level T5 learns them on a
+CPU in minutes.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from typing import Callable
 from .tasks import Task
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 3
-OPERATIONS = ("append", "prepend")
+FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,11 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("word", "abcdefgh", string.ascii_lowercase,
-               "Add the secret letter to the word, at the secret end.", "".join, list),
+               "Add the secret letters at both ends of the word.", "".join, list),
         Family("number", string.digits, string.digits,
-               "Add the secret digit to the number, at the secret end.", "".join, list),
+               "Add the secret digits at both ends of the number.", "".join, list),
         Family("list", "abcdefgh", string.ascii_lowercase,
-               "Add the secret letter to the list, at the secret end.",
+               "Add the secret letters at both ends of the list.",
                lambda s: "[" + ", ".join(s) + "]", lambda t: [x for x in t.strip("[]").split(", ") if x]),
     )
 }
@@ -65,36 +65,25 @@ def family_of(task_name: str) -> Family:
     raise ValueError(f"{task_name!r} is not a synthetic task name")
 
 
-def apply_rule(symbols: list[str], operation: str, symbol: str) -> list[str]:
-    return symbols + [symbol] if operation == "append" else [symbol] + symbols
-
-
-def _reveals(source: list[str], symbol: str) -> bool:
-    """Whether an example with this input tells append from prepend (it does unless all symbols are equal)."""
-    return apply_rule(source, "append", symbol) != apply_rule(source, "prepend", symbol)
+def apply_rule(symbols: list[str], left: str, right: str) -> list[str]:
+    return [left, *symbols, right]
 
 
 def task_rule(task: Task) -> tuple[str, str]:
-    """(operation, symbol) that a synthetic task's positive examples reveal."""
+    """(left, right) symbols that a synthetic task's first positive example reveals."""
     family = family_of(task.name)
-    for positive in task.positives:
-        source, target = family.parse(positive.input), family.parse(positive.outputs[0])
-        if _reveals(source, target[-1]) or _reveals(source, target[0]):
-            return ("append", target[-1]) if target[:-1] == source else ("prepend", target[0])
-    raise ValueError(f"{task.name}: no positive example tells append from prepend")
+    target = family.parse(task.positives[0].outputs[0])
+    return target[0], target[-1]
 
 
-def _task_json(rng: random.Random, family: Family, operation: str, symbol: str, num_instances: int,
+def _task_json(rng: random.Random, family: Family, left: str, right: str, num_instances: int,
                num_positive: int) -> dict:
     def example() -> dict:
         source = rng.choices(family.sources, k=rng.randint(1, 2))
-        return {"input": family.render(source), "output": family.render(apply_rule(source, operation, symbol))}
+        return {"input": family.render(source), "output": family.render(apply_rule(source, left, right))}
 
-    positives = [example() for _ in range(num_positive)]
-    while not any(_reveals(family.parse(p["input"]), symbol) for p in positives):  # demos must reveal the rule
-        positives[-1] = example()
-    for positive in positives:
-        positive["explanation"] = f"The secret symbol is {symbol}; it is added at the {operation} end."
+    positives = [dict(example(), explanation=f"{left} is added on the left and {right} on the right.")
+                 for _ in range(num_positive)]
     return {
         "Contributors": ["hypergen"],
         "Source": ["hypergen synthetic"],
@@ -114,21 +103,20 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _params(seed: int, held_out_fraction: float, instances_per_task: int, num_positive: int) -> dict:
-    return {"format": "hypergen-synthetic-affix", "version": FORMAT_VERSION, "seed": seed,
+    return {"format": "hypergen-synthetic-wrap", "version": FORMAT_VERSION, "seed": seed,
             "held_out_fraction": held_out_fraction, "instances_per_task": instances_per_task,
             "num_positive": num_positive}
 
 
-def write_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: float = 0.25,
-                         instances_per_task: int = 32, num_positive: int = 4) -> Path:
+def write_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: float = 0.02,
+                         instances_per_task: int = 16, num_positive: int = 4) -> Path:
     """Write ``out_dir/tasks/<name>.json``, ``out_dir/splits/default/{train,test}_tasks.txt`` and a manifest.
 
-    One task per (format, operation, symbol): 124 in all. For a ``held_out_fraction`` of each format's symbols,
-    one of the two operations (chosen at random) is held out; the other stays in training. Same arguments, same
-    bytes.
+    One task per (format, left, right). A ``held_out_fraction`` of each format's pairs with two different symbols
+    is held out, chosen so that every held-out symbol is still trained on both sides. Same arguments, same bytes.
     """
-    if not 0 < held_out_fraction < 1 or instances_per_task < 1 or num_positive < 1:
-        raise ValueError("need 0 < held_out_fraction < 1, instances_per_task >= 1 and num_positive >= 1")
+    if not 0 < held_out_fraction < 0.5 or instances_per_task < 1 or num_positive < 1:
+        raise ValueError("need 0 < held_out_fraction < 0.5, instances_per_task >= 1 and num_positive >= 1")
     out_dir = Path(out_dir)
     tasks_dir, split_dir = out_dir / "tasks", out_dir / "splits" / "default"
     tasks_dir.mkdir(parents=True, exist_ok=True)
@@ -139,15 +127,15 @@ def write_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: 
     splits: dict[str, list[str]] = {"train": [], "test": []}
     index = 0
     for family in FAMILIES.values():
-        held = rng.sample(family.symbols, max(1, round(held_out_fraction * len(family.symbols))))
-        held_op = {symbol: rng.choice(OPERATIONS) for symbol in held}
-        for symbol in family.symbols:
-            for operation in OPERATIONS:
-                name = f"task_{family.name}_{index:04d}"
-                index += 1
-                task = _task_json(rng, family, operation, symbol, instances_per_task, num_positive)
-                _write_atomic(tasks_dir / f"{name}.json", json.dumps(task, indent=2, ensure_ascii=False) + "\n")
-                splits["test" if held_op.get(symbol) == operation else "train"].append(name)
+        pairs = [(a, b) for a in family.symbols for b in family.symbols]
+        candidates = [(a, b) for a, b in pairs if a != b]
+        held = set(rng.sample(candidates, max(1, round(held_out_fraction * len(pairs)))))
+        for left, right in pairs:
+            name = f"task_{family.name}_{index:04d}"
+            index += 1
+            task = _task_json(rng, family, left, right, instances_per_task, num_positive)
+            _write_atomic(tasks_dir / f"{name}.json", json.dumps(task, indent=2, ensure_ascii=False) + "\n")
+            splits["test" if (left, right) in held else "train"].append(name)
     for split, names in splits.items():
         _write_atomic(split_dir / f"{split}_tasks.txt", "".join(f"{name}\n" for name in names))
     params = _params(seed, held_out_fraction, instances_per_task, num_positive)
@@ -155,8 +143,8 @@ def write_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: 
     return out_dir
 
 
-def ensure_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: float = 0.25,
-                          instances_per_task: int = 32, num_positive: int = 4) -> Path:
+def ensure_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: float = 0.02,
+                          instances_per_task: int = 16, num_positive: int = 4) -> Path:
     """Like :func:`write_embedded_tasks`, but reuse ``out_dir`` when its manifest says it holds these tasks."""
     out_dir = Path(out_dir)
     wanted = _params(seed, held_out_fraction, instances_per_task, num_positive)
