@@ -37,14 +37,23 @@ _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PAT
                            help="Override a recipe field (value parsed as JSON), repeatable.")
 
 
-@main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@_set_option
-@click.option("--output", "-o", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --output from its last valid checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run in --output.")
-@click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation after training.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+def _training_command(function):
+    """The arguments and options ``train`` and ``finetune`` share."""
+    for decorator in reversed([
+        click.argument("recipe", type=click.Path(dir_okay=False)),
+        _set_option,
+        click.option("--output", "-o", type=click.Path(file_okay=False),
+                     help="Run folder (default: runs/<recipe name>)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --output from its last valid checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run in --output."),
+        click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation after training."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]):
+        function = decorator(function)
+    return main.command()(function)
+
+
+@_training_command
 def train(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Train the hypernetwork RECIPE describes and evaluate it on the held-out tasks."""
     from .pipeline import train as run_train
@@ -53,14 +62,7 @@ def train(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     _print_final(run_dir, no_eval)
 
 
-@main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@_set_option
-@click.option("--output", "-o", type=click.Path(file_okay=False), help="Run folder (default: runs/<recipe name>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --output from its last valid checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run in --output.")
-@click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation after training.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_training_command
 def finetune(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Multi-task fine-tune a main model (FT-Zero-Shot / FT-Few-Shot); saves RUN/model as a Hugging Face folder."""
     from .pipeline import train as run_train
