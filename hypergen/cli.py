@@ -1,4 +1,4 @@
-"""The ``hypergen`` command line: train, finetune, eval, compare, recipes, registry."""
+"""The ``hypergen`` command line: train, finetune, eval, compare, adapt, predict, recipes, registry."""
 
 from __future__ import annotations
 
@@ -104,15 +104,101 @@ def eval_command(run_dir, data, split_file, max_instances, quiet) -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--label", "labels", multiple=True, help="A label per run, in order (default: folder names).")
 def compare(runs, labels) -> None:
-    """Print held-out EM and ROUGE-L of several evaluated runs side by side."""
+    """Print held-out EM and ROUGE-L (or rank-classification accuracy) of evaluated runs side by side."""
     labels = list(labels) + [Path(r).name for r in runs[len(labels):]]
-    click.echo(f"{'method':<28} {'EM':>7} {'ROUGE-L':>8}")
-    for label, run in zip(labels, runs):
+    overalls = []
+    for run in runs:
         scores_file = Path(run) / "eval" / "scores.json"
         if not scores_file.is_file():
             raise HypergenError(f"{run}: no eval/scores.json; run `hypergen eval --run {run}` first")
-        overall = json.loads(scores_file.read_text())["overall"]
-        click.echo(f"{label:<28} {overall['exact_match']:>7.2f} {overall['rougeL']:>8.2f}")
+        overalls.append(json.loads(scores_file.read_text())["overall"])
+    columns = [("accuracy", "accuracy")] if all("accuracy" in o for o in overalls) else \
+        [("exact_match", "EM"), ("rougeL", "ROUGE-L")]
+    click.echo(f"{'method':<30}" + "".join(f" {title:>9}" for _, title in columns))
+    for label, overall in zip(labels, overalls):
+        click.echo(f"{label:<30}" + "".join(f" {overall.get(key, float('nan')):>9.2f}" for key, _ in columns))
+
+
+def _quiet_hub() -> None:
+    """No transformers progress bars (loading/writing weights)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained hypernetwork run.")
+@click.option("--task", "task_file", type=click.Path(dir_okay=False), help="An S-NI task file whose demos to use.")
+@click.option("--demos", "demos_file", type=click.Path(dir_okay=False),
+              help='JSONL: at most one {"definition": ...} line and {"input": ..., "output": ...} pairs.')
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The adapter folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
+    """Generate one task's PEFT parameters (one hypernetwork pass) and write them as an adapter folder.
+
+    LoRA runs give a peft LoRA folder (adapter_config.json + adapter_model.safetensors); prefix runs give
+    hypergen's prefix folder. A tiny main model is saved into OUT/base_model so `hypergen predict` can reload it.
+    """
+    from .adapters import export_adapter, read_demos_file
+    from .data.tasks import load_task
+    from .runs import load_final, read_run
+    from .recipe import FinetuneRecipe
+
+    if (task_file is None) == (demos_file is None):
+        raise HypergenError("adapt: give exactly one of --task TASK.json and --demos FILE.jsonl")
+    task = load_task(task_file) if task_file else read_demos_file(demos_file)
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise HypergenError(f"--run: {run} does not exist")
+    recipe = read_run(run)
+    weights = run / "hypernetwork.safetensors"
+    if isinstance(recipe, FinetuneRecipe) or not weights.is_file():
+        raise HypergenError(f"{weights}: not found; --run must name a trained hypernetwork run")
+    out_path = Path(out)
+    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())) and not overwrite:
+        raise HypergenError(f"--out: {out_path} already exists; pass --overwrite or choose another folder")
+    if quiet:
+        _quiet_hub()
+    assembled = load_final(run)
+    export_adapter(assembled, task, out_path, run_dir=run, overwrite=overwrite)
+    click.echo(f"adapter ({recipe.peft.name}) for {task.name} written to {out_path}")
+
+
+@main.command()
+@click.option("--adapter", "adapter_dir", required=True, type=click.Path(file_okay=False),
+              help="An adapter folder written by `hypergen adapt` (or a peft LoRA folder of a T5).")
+@click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
+              help='JSONL queries, {"input": ...} per line.')
+@click.option("--output", "output_file", type=click.Path(dir_okay=False), help="JSONL predictions (default: stdout).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Default: the run's evaluation setting.")
+@click.option("--base-model", help="Main model to use instead of the adapter's base_model_name_or_path.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, base_model, quiet) -> None:
+    """Run the adapter's main model with the adapter on every query; write {"input", "prediction"} lines."""
+    from .adapters import base_model_of, load_adapter, predict as run_predict, read_adapter_config, read_queries
+    from .adapters import write_predictions
+    import torch
+
+    from .models.main import load_main_model
+    from .recipe import MainModel
+
+    _, _, settings = read_adapter_config(adapter_dir)
+    queries = read_queries(input_file)
+    if quiet:
+        _quiet_hub()
+    name = base_model or base_model_of(adapter_dir)
+    model, tokenizer = load_main_model(MainModel(name_or_path=name, dtype=settings.get("dtype", "float32")),
+                                       "cuda" if torch.cuda.is_available() else "cpu")
+    adapter = load_adapter(adapter_dir, model)
+    predictions = run_predict(adapter, model, tokenizer, queries, batch_size, max_new_tokens,
+                              progress=not quiet)
+    text = write_predictions(output_file, queries, predictions)
+    if output_file is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"{len(predictions)} predictions written to {output_file}", err=True)
 
 
 @main.group()
@@ -161,6 +247,46 @@ def registry_list() -> None:
         for name, factory in registry.entries(kind).items():
             origin = getattr(factory, "__module__", "?")
             click.echo(f"{kind:<14} {name:<28} {origin}")
+
+
+@main.command()
+@click.option("--run", "run_dir", type=click.Path(file_okay=False),
+              help="A trained hypernetwork run: its main model, tokenizer, hypernetwork and held-out tasks.")
+@click.option("--size", type=click.Choice(["tiny", "t5-large"]), default=None,
+              help="Without --run: random-weight main model of this size (default: tiny).")
+@click.option("--tasks", "num_tasks", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Held-out tasks to time adaptation on.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Fine-tuning steps S per task.")
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Folder for bench.json, bench.png, bench.txt (default: runs/bench/<size or run name>).")
+@click.option("--depths", default="6,12,24,48", show_default=True,
+              help="Main-model depths for the autoregressive generator's scaling.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=5, show_default=True,
+              help="With --run: evaluate the fine-tuned model every this many steps.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's; 1 is steadier "
+              "on a machine other processes share).")
+def bench(run_dir, size, num_tasks, steps, output, depths, eval_every, device, threads) -> None:
+    """Time hypernetwork adaptation (HART, HyperTuning) against LoRA and prefix fine-tuning; print, write JSON+PNG."""
+    from .bench import BenchConfig, format_table, run_bench, write_outputs
+
+    if run_dir is not None and size is not None:
+        raise HypergenError("bench: give --run or --size, not both (a run fixes the size)")
+    try:
+        depth_list = tuple(sorted({int(d) for d in depths.split(",") if d.strip()}))
+    except ValueError:
+        raise HypergenError(f"--depths: expected comma-separated integers, got {depths!r}") from None
+    if not depth_list or min(depth_list) < 1:
+        raise HypergenError(f"--depths: expected positive integers, got {depths!r}")
+    _quiet_hub()
+    config = BenchConfig(run_dir=run_dir, size=size or "tiny", tasks=num_tasks, steps=steps, depths=depth_list,
+                         eval_every=eval_every, device=device, threads=threads, log=lambda m: click.echo(m, err=True))
+    result = run_bench(config)
+    folder = Path(output) if output else Path("runs") / "bench" / (Path(run_dir).name if run_dir else config.size)
+    json_path, png_path, _ = write_outputs(result, folder)
+    click.echo(format_table(result))
+    click.echo(f"written {json_path} and {png_path}")
 
 
 if __name__ == "__main__":

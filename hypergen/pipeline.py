@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .data.sampling import TaskSampler
+from .errors import HypergenError
 from .evaluation.evaluate import evaluate
 from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
@@ -24,16 +26,19 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
-    if recipe.main_model.name_or_path:
-        check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
-    train_tasks = load_tasks(recipe, "train")
-    test_tasks = load_tasks(recipe, "test")
-    random.seed(recipe.training.seed)
-    torch.manual_seed(recipe.training.seed)
-    assembled = assemble(recipe)
+    # everything is validated (recipe, components, shapes, model, data) before the run folder is touched
+    with errors_name_the_recipe(recipe_path):
+        if recipe.main_model.name_or_path:
+            check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
+        train_tasks = load_tasks(recipe, "train")
+        test_tasks = load_tasks(recipe, "test")
+        random.seed(recipe.training.seed)
+        torch.manual_seed(recipe.training.seed)
+        assembled = assemble(recipe)
     prepare_run_dir(run_dir, resolved, resume, overwrite)
     sampler = TaskSampler(train_tasks, recipe.training.seed, recipe.data.queries_per_task,
-                          recipe.data.proportional_sampling)
+                          recipe.data.proportional_sampling,
+                          shots=recipe.data.num_positive if recipe.data.source == "p3" else 0)
     cfg = recipe.training
 
     def periodic_eval() -> dict[str, Any]:
@@ -50,6 +55,24 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     if evaluate_after:
         evaluate_assembled(assembled, test_tasks, run_dir, recipe.data.eval_instances_per_task, progress)
     return run_dir
+
+
+@contextmanager
+def errors_name_the_recipe(recipe_path: str):
+    """Prefix the recipe file to errors that name one of its fields (``peft.length: ...``), so that every message
+    names the file, the field and what was expected. Errors about other files (task files) already name them."""
+    try:
+        yield
+    except HypergenError as exc:
+        message = str(exc)
+        head = message.split(":", 1)[0].split(".", 1)[0].split(",", 1)[0].strip()
+        if head in _RECIPE_FIELDS:
+            raise type(exc)(f"{recipe_path}: {message}") from None
+        raise
+
+
+_RECIPE_FIELDS = {"kind", "main_model", "hypernetwork", "peft", "data", "training", "evaluation", "few_shot",
+                  "train_demos_fraction"}
 
 
 def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, progress: bool = True,
@@ -72,6 +95,11 @@ def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None =
 
 
 def format_scores(scores: dict[str, Any], per_task: bool = True) -> str:
+    if "accuracy" in scores["overall"]:  # rank classification (P3)
+        lines = [f"{'task':<48} {'accuracy':>9}"]
+        lines += [f"{name:<48} {value:>9.2f}" for name, value in scores["per_group"].items()] if per_task else []
+        lines.append(f"{'overall (mean over tasks)':<48} {scores['overall']['accuracy']:>9.2f}")
+        return "\n".join(lines)
     lines = []
     if per_task:
         lines.append(f"{'task':<48} {'EM':>7} {'ROUGE-L':>8} {'n':>5}")

@@ -70,14 +70,15 @@ class Hypernetwork(Strict):
 
 
 class Data(Strict):
-    source: Literal["sni", "embedded"] = "sni"
+    source: Literal["sni", "embedded", "p3"] = "sni"
     path: str | None = Field(None, description="S-NI folder (tasks/ and splits/); embedded: where tasks are written")
     split: str = "default"
     train_split_file: str | None = None
     test_split_file: str | None = None
     num_positive: int = Field(2, ge=0, description="Def+kPos: positive examples in the demos")
     include_definition: bool = True
-    demo_style: Literal["sni", "compact"] = Field("sni", description="sni: Def+kPos text; compact: x>y pairs")
+    demo_style: Literal["sni", "compact", "shots"] = Field(
+        "sni", description="sni: Def+kPos text; compact: x>y pairs; shots: P3's concatenated prompted examples")
     max_demo_length: int = Field(1024, gt=0)
     max_input_length: int = Field(384, gt=0)
     max_target_length: int = Field(128, gt=0)
@@ -85,11 +86,14 @@ class Data(Strict):
     proportional_sampling: bool = True
     eval_instances_per_task: int = Field(100, ge=1)
     embedded_seed: int = 0
+    p3_train_datasets: list[str] | None = Field(None, description="P3 subset-name prefixes to train on (T0's)")
+    p3_eval_datasets: list[str] | None = Field(None, description="P3 prefixes to evaluate on (T0's held-out)")
+    p3_max_avg_input_tokens: float | None = Field(320, gt=0, description="drop training subsets longer on average")
 
     @model_validator(mode="after")
     def _path_for_sni(self) -> "Data":
-        if self.source == "sni" and not self.path:
-            raise ValueError("data.path is required when data.source is 'sni'")
+        if self.source in ("sni", "p3") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 
 
@@ -111,6 +115,9 @@ class Training(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    on_nonfinite: Literal["skip", "stop"] = Field(
+        "skip", description="a NaN/infinite loss or gradient: skip that update (the step still counts) or stop "
+        "with an error naming the step; either way it never reaches the weights or a checkpoint")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":

@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 
 from .components.build import make_component
 from .data.collate import Collator
+from .data.p3 import T0_HELD_OUT, T0_TRAIN_DATASETS, load_p3
 from .data.synthetic import ensure_embedded_tasks
 from .data.tasks import Task, load_task_folder
-from .errors import HypergenError
+from .errors import HypergenError, RecipeError
 from .io import atomic_save_tensors, atomic_write_json
 from .models.hypernet import HyperNetwork
 from .models.main import load_main_model
@@ -53,7 +54,11 @@ def data_folder(recipe: Recipe) -> Path:
     return path
 
 
-def load_tasks(recipe: Recipe, split: str, data_path: str | None = None, split_file: str | None = None) -> list[Task]:
+def load_tasks(recipe: Recipe, split: str, data_path: str | None = None, split_file: str | None = None,
+               tokenizer=None) -> list[Task]:
+    """The recipe's ``split`` ("train" or "test") tasks: S-NI or embedded task folders, or P3 subsets."""
+    if recipe.data.source == "p3":
+        return load_p3_tasks(recipe, split, data_path, tokenizer)
     folder = Path(data_path) if data_path else data_folder(recipe)
     if not folder.exists():
         raise HypergenError(f"--data: {folder} does not exist")
@@ -62,6 +67,17 @@ def load_tasks(recipe: Recipe, split: str, data_path: str | None = None, split_f
     if not tasks:
         raise HypergenError(f"{folder}: no {split} tasks found")
     return tasks
+
+
+def load_p3_tasks(recipe: Recipe, split: str, data_path: str | None, tokenizer) -> list[Task]:
+    data = recipe.data
+    root = data_path or data.path
+    if split == "train":
+        count = (lambda text: len(tokenizer(text).input_ids)) if tokenizer is not None else (lambda t: len(t.split()))
+        return load_p3(root, data.p3_train_datasets or T0_TRAIN_DATASETS, "train",
+                       max_avg_input_tokens=data.p3_max_avg_input_tokens, count_tokens=count)
+    return load_p3(root, data.p3_eval_datasets or T0_HELD_OUT.values(), "validation", shots=data.num_positive,
+                   max_instances=data.eval_instances_per_task)
 
 
 @dataclass
@@ -94,14 +110,39 @@ def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> Hyperne
     regularizers = [make_component("regularizers", spec, f"hypernetwork.regularizers.{i}")
                     for i, spec in enumerate(hyper.regularizers)]
     groups = target.slot_groups(main_model)
+    check_target_generates(recipe, groups)
     try:
         torch.manual_seed(recipe.training.seed)
         hypernet = HyperNetwork(main_model, generator, projector, groups, hyper.decoder_layers, hyper.init_from_main)
     except ValueError as exc:
-        raise HypergenError(str(exc)) from None
+        raise RecipeError(str(exc)) from None
+    except RecipeError as exc:
+        message = str(exc)
+        if message.startswith(("projector:", "generator:")):
+            message = f"hypernetwork.{message}"
+        raise RecipeError(message) from None
     target.prepare(main_model)
     return HypernetMethod(main_model, hypernet.to(device), target, regularizers, hyper.fusion_in_decoder,
                           recipe.evaluation)
+
+
+def check_target_generates(recipe: HypernetRecipe, groups) -> None:
+    """Refuse a PEFT target that gives the hypernetwork nothing to generate.
+
+    A prefix of length 0 (or LoRA of rank 0), or one with encoder and decoder both off, leaves the main model
+    unchanged: training would fit nothing. The target classes accept it (a zero-length prefix is a no-op), but a
+    hypernetwork recipe needs at least one generated row."""
+    if any(g.rows > 0 and g.num_layers > 0 and g.width > 0 for g in groups):
+        return
+    params = recipe.peft.params
+    for key in ("length", "rank", "r"):
+        if params.get(key) == 0:
+            raise RecipeError(f"peft.{key}: 0 leaves the hypernetwork nothing to generate; expected an integer >= 1")
+    sides = [k for k in ("encoder", "decoder") if params.get(k) is False]
+    if len(sides) == 2:
+        raise RecipeError("peft.encoder, peft.decoder: both false leaves the hypernetwork nothing to generate; "
+                          "expected at least one of them true")
+    raise RecipeError(f"peft: {recipe.peft.name!r} with {params} gives the hypernetwork nothing to generate")
 
 
 def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, overwrite: bool) -> None:
@@ -136,7 +177,14 @@ def save_final(run_dir: Path, assembled: Assembled) -> None:
         shutil.rmtree(run_dir / "model", ignore_errors=True)
         tmp.rename(run_dir / "model")
     else:
-        atomic_save_tensors(run_dir / "hypernetwork.safetensors", method.module.state_dict())
+        from .training.trainer import nonfinite_tensors
+
+        state = method.module.state_dict()
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise HypergenError(f"{run_dir}: final weights {', '.join(bad[:3])} hold NaN or infinite values; "
+                                "not writing hypernetwork.safetensors")
+        atomic_save_tensors(run_dir / "hypernetwork.safetensors", state)
 
 
 def load_final(run_dir: Path, device: torch.device | None = None) -> Assembled:

@@ -57,6 +57,9 @@ class LayerwiseMLPProjector(Projector):
     """One :class:`LayerwiseHeads` per slot group; ``hidden`` defaults to the hypernetwork width d_h."""
 
     def __init__(self, hidden: int | None = None) -> None:
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
+            raise RecipeError(f"hidden: expected a positive integer (or null for the hypernetwork width), "
+                              f"got {hidden!r}")
         super().__init__()
         self.hidden = hidden
         self.heads = nn.ModuleDict()

@@ -41,13 +41,22 @@ class Collator:
     def __init__(self, tokenizer, data_cfg) -> None:
         self.tokenizer = tokenizer
         self.cfg = data_cfg
-        self._demo_cache: dict[str, str] = {}
+        self._demo_cache: dict[tuple, str] = {}
 
     def demos(self, task: Task) -> str:
-        if task.name not in self._demo_cache:
-            self._demo_cache[task.name] = demos_text(task, self.cfg.num_positive, self.cfg.include_definition,
-                                                       self.cfg.demo_style)
-        return self._demo_cache[task.name]
+        """The demos text of ``task``, cached by its name and demos (P3 tasks get new demos at every draw)."""
+        key = (task.name, tuple(task.positives[: self.cfg.num_positive]))
+        if key not in self._demo_cache:
+            if len(self._demo_cache) > 50_000:
+                self._demo_cache.clear()
+            self._demo_cache[key] = demos_text(task, self.cfg.num_positive, self.cfg.include_definition,
+                                               self.cfg.demo_style)
+        return self._demo_cache[key]
+
+    def encode_demos(self, tasks: list[Task]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(demo_ids, demo_mask)``, T x n_d, of the tasks' demos: what the hypernetwork reads for them."""
+        demos = self._encode([self.demos(t) for t in tasks], self.cfg.max_demo_length)
+        return demos["input_ids"], demos["attention_mask"]
 
     def _encode(self, texts: list[str], max_length: int):
         return self.tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
@@ -57,7 +66,7 @@ class Collator:
         """``demos_in_input``: put the task's demos before each query (fine-tuning baselines); a fraction in
         (0, 1) does so for that share of examples, drawn with Python's ``random`` (checkpointed by the trainer)."""
         tasks = [task for task, _ in groups]
-        demos = self._encode([self.demos(t) for t in tasks], self.cfg.max_demo_length)
+        demo_ids, demo_mask = self.encode_demos(tasks)
         task_index, inputs, targets, references = [], [], [], []
         for row, (task, examples) in enumerate(groups):
             for example in examples:
@@ -73,5 +82,5 @@ class Collator:
         if with_labels:
             lab = self._encode(targets, self.cfg.max_target_length)
             labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
-        return Batch(demos["input_ids"], demos["attention_mask"], torch.tensor(task_index), enc["input_ids"],
+        return Batch(demo_ids, demo_mask, torch.tensor(task_index), enc["input_ids"],
                      enc["attention_mask"], labels, [t.name for t in tasks], references)

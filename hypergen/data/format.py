@@ -36,8 +36,11 @@ def demos_text(task: Task, num_positive: int = 2, include_definition: bool = Tru
     if style == "compact":
         pairs = " ; ".join(f"{e.input.strip()}>{e.outputs[0].strip()}" for e in task.positives[:num_positive])
         return (task.definition.strip() + " | " if include_definition else "") + pairs + " | "
+    if style == "shots":  # P3 "16-Shots": the prompted examples concatenated, input then target
+        shots = "\n\n".join(f"{e.input.strip()}\n{e.outputs[0].strip()}" for e in task.positives[:num_positive])
+        return (task.definition.strip() + "\n\n" if include_definition and task.definition else "") + shots
     if style != "sni":
-        raise ValueError(f"demo style must be 'sni' or 'compact', got {style!r}")
+        raise ValueError(f"demo style must be 'sni', 'compact' or 'shots', got {style!r}")
     parts = []
     if include_definition:
         parts.append(_close("Definition: " + task.definition.strip()) + "\n\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import Any, Sequence
@@ -17,9 +18,13 @@ class TaskSampler:
     uniformly. The queries of one draw are distinct instances; only a task with fewer instances than
     ``queries_per_task`` repeats some (all of its instances once, then random ones). Everything comes from one
     ``random.Random(seed)``, whose state :meth:`state_dict` saves as JSON-serialisable data.
+
+    With ``shots`` > 0 (P3's "16-Shots"), each draw's demos are ``shots`` other instances of the task, sampled
+    anew at each draw and never including that draw's queries: the task is returned with them as its positives.
     """
 
-    def __init__(self, tasks: Sequence[Task], seed: int, queries_per_task: int = 1, proportional: bool = True):
+    def __init__(self, tasks: Sequence[Task], seed: int, queries_per_task: int = 1, proportional: bool = True,
+                 shots: int = 0):
         if not tasks:
             raise ValueError("TaskSampler needs at least one task")
         if queries_per_task < 1:
@@ -30,6 +35,7 @@ class TaskSampler:
         self.tasks = list(tasks)
         self.queries_per_task = queries_per_task
         self.proportional = proportional
+        self.shots = shots
         weights = [len(t.instances) if proportional else 1 for t in self.tasks]
         self._cum_weights = list(itertools.accumulate(weights))
         self._rng = random.Random(seed)
@@ -44,7 +50,15 @@ class TaskSampler:
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         indices = self._rng.choices(range(len(self.tasks)), cum_weights=self._cum_weights, k=num_tasks)
-        return [(self.tasks[i], self._queries(self.tasks[i])) for i in indices]
+        draws = [(self.tasks[i], self._queries(self.tasks[i])) for i in indices]
+        return [(self._with_shots(task, queries), queries) for task, queries in draws] if self.shots else draws
+
+    def _with_shots(self, task: Task, queries: list[Example]) -> Task:
+        """``task`` whose positives are ``shots`` of its other instances (never one of ``queries``)."""
+        chosen = {id(q) for q in queries}
+        pool = [i for i, example in enumerate(task.instances) if id(example) not in chosen]
+        picks = self._rng.sample(pool, min(self.shots, len(pool)))
+        return dataclasses.replace(task, positives=[task.instances[i] for i in picks])
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: the RNG state plus what identifies the sampled population."""
@@ -54,12 +68,13 @@ class TaskSampler:
             "task_names": [t.name for t in self.tasks],
             "queries_per_task": self.queries_per_task,
             "proportional": self.proportional,
+            "shots": self.shots,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`; the sampler must have been built on the same tasks and settings."""
         mine = self.state_dict()
-        for field in ("task_names", "queries_per_task", "proportional"):
+        for field in ("task_names", "queries_per_task", "proportional", "shots"):
             if state.get(field) != mine[field]:
                 raise HypergenError(f"sampler state does not match this sampler: field '{field}' differs")
         version, internal, gauss = state["rng"]

@@ -20,10 +20,11 @@ from ..errors import TaskFormatError
 
 @dataclass(frozen=True)
 class Example:
-    """One input with one or more reference outputs."""
+    """One input with one or more reference outputs (and, for multiple-choice data, its answer choices)."""
 
     input: str
     outputs: tuple[str, ...]
+    choices: tuple[str, ...] = ()
 
 
 @dataclass

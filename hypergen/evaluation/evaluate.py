@@ -14,7 +14,16 @@ from .metrics import score_predictions
 
 def evaluate(method, tasks: list[Task], collator: Collator, device, max_instances: int, batch_size: int,
              progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Returns ``(scores, records)``; records are {task, input, prediction, references} per instance."""
+    """Returns ``(scores, records)``; records are {task, input, prediction, references} per instance.
+
+    Tasks whose instances carry answer choices (P3) are scored by rank classification instead (accuracy).
+    """
+    if tasks and all(example.choices for task in tasks for example in task.instances[:1]):
+        from ..data.p3 import held_out_dataset
+        from .rank import evaluate_choices
+
+        return evaluate_choices(method, tasks, collator, device, max_instances, batch_size,
+                                group_of=held_out_dataset, progress=progress)
     method.eval()
     records: list[dict[str, Any]] = []
     tokenizer = collator.tokenizer

@@ -34,6 +34,14 @@ def adapted_loss(main_model, target: PEFTTarget, per_example: TaskParameters, in
         return main_model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).loss
 
 
+def adapted_logits(main_model, target: PEFTTarget, per_example: TaskParameters, input_ids, attention_mask, labels,
+                   fusion: bool) -> torch.Tensor:
+    """Logits B x n_y x V of the main model with the generated parameters, teacher-forced on ``labels``."""
+    with target.applied(main_model, per_example.params):
+        encoder_outputs, mask = encode(main_model, target, per_example, input_ids, attention_mask, fusion)
+        return main_model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
+
+
 @torch.no_grad()
 def adapted_generate(main_model, target: PEFTTarget, per_example: TaskParameters | None, input_ids,
                      attention_mask, fusion: bool, max_new_tokens: int, num_beams: int = 1) -> torch.Tensor:

@@ -6,6 +6,9 @@ SHA-256 checksums so that a truncated or corrupted checkpoint is refused and the
         optimizer.{json,safetensors} optimizer and schedule state
         state.{json,safetensors}     step, sampler, regularizers, RNG states
         manifest.json                {file: sha256}, written last
+
+A process killed during a save leaves only ``checkpoints/.step-*.tmp``: it is never loaded, and the next save or
+resume removes it (:func:`remove_partial_checkpoints`). Only tensors (safetensors) and JSON are stored; no pickle.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from safetensors.torch import load_file
 
 from ..errors import HypergenError
 from ..io import atomic_save_tensors, atomic_write_json, load_tree, save_tree, sha256
+from .faults import maybe_kill
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -31,12 +35,13 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
                     keep: int) -> Path:
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(run_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     atomic_save_tensors(tmp / "model.safetensors", model_state)
     save_tree(tmp, "optimizer", optimizer)
+    maybe_kill("during_checkpoint", step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
     save_tree(tmp, "state", state)
     manifest = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
     atomic_write_json(tmp / "manifest.json", {"step": step, "files": manifest})
@@ -46,6 +51,15 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders a killed save left behind; return them."""
+    root = checkpoint_dir(run_dir)
+    leftovers = sorted(p for p in root.glob(".step-*.tmp")) if root.is_dir() else []
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+    return leftovers
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..components.base import PEFTTarget, Regularizer
 from ..data.collate import Batch
-from ..models.adapted import adapted_generate, adapted_loss
+from ..models.adapted import adapted_generate, adapted_loss, adapted_logits
 from ..models.hypernet import HyperNetwork, TaskParameters
 
 
@@ -53,6 +53,13 @@ class HypernetMethod:
         return adapted_generate(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
                                 self.fusion, self.eval_cfg.max_new_tokens, self.eval_cfg.num_beams)
 
+    @torch.no_grad()
+    def score(self, batch: Batch, adapted: TaskParameters) -> torch.Tensor:
+        """log p(labels | input) per example (B,), with each example's generated parameters."""
+        logits = adapted_logits(self.main_model, self.target, adapted.select(batch.task_index), batch.input_ids,
+                                batch.attention_mask, batch.labels, self.fusion)
+        return sequence_log_likelihood(logits, batch.labels)
+
     def train(self) -> None:
         self.module.train()
         self.main_model.eval()
@@ -87,8 +94,21 @@ class FinetuneMethod:
                                     max_new_tokens=self.eval_cfg.max_new_tokens, num_beams=self.eval_cfg.num_beams,
                                     do_sample=False)
 
+    @torch.no_grad()
+    def score(self, batch: Batch, adapted: None) -> torch.Tensor:
+        """log p(labels | input) per example (B,)."""
+        logits = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).logits
+        return sequence_log_likelihood(logits, batch.labels)
+
     def train(self) -> None:
         self.module.train()
 
     def eval(self) -> None:
         self.module.eval()
+
+
+def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over target tokens of log p(y_t | y_<t, x): logits B x n_y x V, labels B x n_y (-100 = padding) -> B."""
+    keep = labels != -100
+    log_probs = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return (log_probs * keep).sum(-1)

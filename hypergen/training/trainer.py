@@ -1,11 +1,22 @@
 """One Trainer for every method: sample tasks, accumulate to the recipe's batch size, clip, step, log, evaluate,
-checkpoint, resume. Read it top to bottom: ``fit`` is the whole loop."""
+checkpoint, resume. Read it top to bottom: ``fit`` is the whole loop.
+
+Crash safety: a process killed at any moment (SIGKILL included) resumes with ``--resume`` from its last complete
+checkpoint and, on CPU, reproduces the uninterrupted run exactly (losses and weights): the checkpoint holds the
+weights, the optimizer (8-bit Adam's quantized state too) and LR schedule, the sampler's and both RNGs' states and
+the regularizers' previous states; ``metrics.jsonl`` lines past the checkpoint (or a half-written last line) are
+dropped on resume. A non-finite loss or gradient never reaches the weights: the update is skipped (the step still
+counts) or training stops with an error naming the step, per ``training.on_nonfinite``; a checkpoint of
+non-finite weights is never written. ``HYPERGEN_FAULT`` (see :mod:`.faults`) is a testing hook that kills the
+process at a chosen point."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,8 +26,10 @@ from tqdm.auto import tqdm
 
 from ..data.collate import Collator
 from ..data.sampling import TaskSampler
+from ..errors import HypergenError
 from ..io import atomic_write_text
-from .checkpoint import load_latest_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_latest_checkpoint, remove_partial_checkpoints, save_checkpoint
+from .faults import fault_requested, maybe_kill
 from .optim import linear_schedule, make_optimizer
 
 
@@ -52,16 +65,29 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        bad = nonfinite_tensors(self.trainable_state())
+        if bad:
+            raise HypergenError(f"step {self.step}: weights {', '.join(bad[:3])} hold NaN or infinite values; "
+                                "refusing to write a checkpoint of them")
         optimizer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         return save_checkpoint(self.run_dir, self.step, self.trainable_state(), optimizer, self._state(),
                                self.cfg.keep_checkpoints)
 
     def resume(self) -> bool:
-        """Load the newest valid checkpoint of the run; False when there is none."""
+        """Load the newest valid checkpoint of the run; False when there is none (then start from step 0).
+
+        Whatever a killed process left past that checkpoint goes: temporary checkpoint folders and files, invalid
+        checkpoints newer than it, and ``metrics.jsonl`` lines of later steps (or a half-written last line)."""
+        remove_partial_checkpoints(self.run_dir)
+        for leftover in self.run_dir.glob(".*.tmp"):  # from an atomic write cut short
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
         found = load_latest_checkpoint(self.run_dir)
         if found is None:
+            self.step = 0
+            self._truncate_metrics()
             return False
-        _, model_state, optimizer, state = found
+        folder, model_state, optimizer, state = found
         self.method.module.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer["optimizer"])
         self.scheduler.load_state_dict(optimizer["scheduler"])
@@ -71,15 +97,24 @@ class Trainer:
             regularizer.load_state_dict(reg_state)
         torch.set_rng_state(state["torch_rng"])
         random.setstate(_tupled(state["python_rng"]))
+        for newer in list_checkpoints(self.run_dir):
+            if newer.name > folder.name:  # failed verification: would only be mistaken for a valid one later
+                shutil.rmtree(newer, ignore_errors=True)
         self._truncate_metrics()
         return True
 
     def _truncate_metrics(self) -> None:
-        """Drop log lines written after the checkpoint we resume from."""
+        """Drop log lines written after the checkpoint we resume from, and any line a kill cut in half."""
         if not self.metrics_path.is_file():
             return
-        lines = [line for line in self.metrics_path.read_text().splitlines()
-                 if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        lines = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a partial line: the process died while writing it
+            if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                lines.append(line)
         atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -92,30 +127,41 @@ class Trainer:
         while self.step < cfg.steps:
             self.method.train()
             self.optimizer.zero_grad(set_to_none=True)
-            parts_sum: dict[str, float] = {}
-            finite = True
+            parts_sum: dict[str, Any] = {}
+            regularizer_states = [copy.deepcopy(r.state_dict()) for r in self.method.regularizers]
+            problem = None
             for _ in range(self.accumulation):
                 batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
                                       demos_in_input=self.method.train_demos_in_input).to(self.device)
                 loss, parts = self.method.loss(batch, self.step)
                 if not torch.isfinite(loss):
-                    finite = False
+                    problem = f"non-finite loss ({loss.item()})"
                     break
                 (loss / self.accumulation).backward()
                 examples += batch.num_examples
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
-            if not finite:
-                bar.write(f"step {self.step}: non-finite loss, update skipped")
+            if problem is None:
+                norm = self._grad_norm()
+                if not torch.isfinite(norm):
+                    problem = f"non-finite gradient norm ({norm.item()})"
+            if problem is not None:
+                if cfg.on_nonfinite == "stop":
+                    raise HypergenError(
+                        f"step {self.step + 1}: {problem}; stopped (training.on_nonfinite is 'stop'); the weights "
+                        f"were not updated and nothing after step {self.step} was checkpointed")
+                bar.write(f"step {self.step + 1}: {problem}, update skipped")
                 self.optimizer.zero_grad(set_to_none=True)
-                parts_sum = {"loss": float("nan")}
+                for regularizer, reg_state in zip(self.method.regularizers, regularizer_states):
+                    regularizer.load_state_dict(reg_state)  # this step's states never happened
+                parts_sum = {"loss": None, "skipped": problem}
             else:
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.method.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
             self.scheduler.step()
             self.step += 1
             for k, v in parts_sum.items():
+                if not isinstance(v, float):
+                    continue
                 window[k] = v if k not in window or math.isnan(window[k]) else 0.9 * window[k] + 0.1 * v
             rate = examples / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in window.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
@@ -129,13 +175,35 @@ class Trainer:
                 self._log(record)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
+            maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
         bar.close()
         return history
 
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""
+        params = [p for p in self.method.module.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        if self.cfg.max_grad_norm:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+
     def _log(self, record: dict[str, Any]) -> None:
+        """Append one line with one write and a flush, so a kill leaves at most one partial last line."""
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record) + "\n"
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            if fault_requested("during_log", self.step):  # testing hook: die halfway through the line
+                handle.write(line[: len(line) // 2])
+                handle.flush()
+                maybe_kill("during_log", self.step)
+            handle.write(line)
+            handle.flush()
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` that hold NaN or infinite values."""
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _jsonable(value: Any) -> Any:

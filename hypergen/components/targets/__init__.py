@@ -1,3 +1,3 @@
 """PEFT targets: where generated parameters go in the frozen main model."""
 
-from . import prefix  # noqa: F401
+from . import lora, prefix  # noqa: F401
