@@ -16,7 +16,9 @@ from .evaluation.evaluate import evaluate
 from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
 from .recipe import apply_overrides, parse_recipe, read_recipe_dict
-from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, save_final
+from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, resolve_device, save_final
+from .training.checkpointing import enable_gradient_checkpointing
+from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.trainer import Trainer
 
 
@@ -26,17 +28,35 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
+    dist = setup_distributed(recipe.distributed, recipe_path)  # one process unless launched by torchrun/deepspeed
+    try:
+        return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist)
+    finally:
+        teardown_distributed(dist)
+
+
+def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, resume: bool, overwrite: bool,
+           progress: bool, evaluate_after: bool, dist) -> Path:
     # everything is validated (recipe, components, shapes, model, data) before the run folder is touched
     with errors_name_the_recipe(recipe_path):
         if recipe.main_model.name_or_path:
             check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
-        train_tasks = load_tasks(recipe, "train")
-        test_tasks = load_tasks(recipe, "test")
+        with dist.main_first():  # rank 0 writes any data cache (embedded tasks) before the others read it
+            train_tasks = load_tasks(recipe, "train")
+            test_tasks = load_tasks(recipe, "test")
         random.seed(recipe.training.seed)
         torch.manual_seed(recipe.training.seed)
-        assembled = assemble(recipe)
-    prepare_run_dir(run_dir, resolved, resume, overwrite)
-    sampler = TaskSampler(train_tasks, recipe.training.seed, recipe.data.queries_per_task,
+        device = resolve_device(recipe.training.device)
+        if device.type == "cuda" and dist.active:
+            device = torch.device("cuda", dist.local_rank)
+        assembled = assemble(recipe, device)
+        switches = recipe.training.checkpointing
+        enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
+    with dist.main_first():
+        if dist.is_main:
+            prepare_run_dir(run_dir, resolved, resume, overwrite)
+    # each process samples its own tasks: seed + rank (rank 0 draws what a single process draws)
+    sampler = TaskSampler(train_tasks, recipe.training.seed + dist.rank, recipe.data.queries_per_task,
                           recipe.data.proportional_sampling,
                           shots=recipe.data.num_positive if recipe.data.source == "p3" else 0)
     cfg = recipe.training
@@ -46,14 +66,21 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
                              cfg.eval_instances, recipe.evaluation.batch_size, progress=False)
         return scores
 
+    precision = recipe.distributed.precision if recipe.distributed else "fp32"
     trainer = Trainer(assembled.method, sampler, assembled.collator, cfg, run_dir, assembled.device,
-                      evaluate_fn=periodic_eval, progress=progress)
-    if resume and trainer.resume():
+                      evaluate_fn=periodic_eval, progress=progress, dist=dist, precision=precision)
+    if resume and trainer.resume() and dist.is_main:
         print(f"resumed {run_dir} at step {trainer.step}")
     trainer.fit()
-    save_final(run_dir, assembled)
-    if evaluate_after:
-        evaluate_assembled(assembled, test_tasks, run_dir, recipe.data.eval_instances_per_task, progress)
+    if not dist.is_main:  # rank 0 writes the final weights and evaluates, in one process; the others wait for it
+        dist.barrier()  # (so that the CLI, which prints eval/scores.json after training, finds it in every process)
+        return run_dir
+    try:
+        save_final(run_dir, assembled)
+        if evaluate_after:
+            evaluate_assembled(assembled, test_tasks, run_dir, recipe.data.eval_instances_per_task, progress)
+    finally:
+        dist.barrier()
     return run_dir
 
 
@@ -72,7 +99,7 @@ def errors_name_the_recipe(recipe_path: str):
 
 
 _RECIPE_FIELDS = {"kind", "main_model", "hypernetwork", "peft", "data", "training", "evaluation", "few_shot",
-                  "train_demos_fraction"}
+                  "train_demos_fraction", "distributed"}
 
 
 def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, progress: bool = True,

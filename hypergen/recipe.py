@@ -97,6 +97,46 @@ class Data(Strict):
         return self
 
 
+class GradientCheckpointing(Strict):
+    """Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.
+
+    ``hypernetwork``: the hypernetwork's encoder blocks, and its decoder blocks where they run without a KV cache
+    (HyperTuning's one pass; HART with ``use_cache: false``); HART's cached decoder steps are not checkpointed (the
+    cache is written in place, so a recomputation would write it twice). ``main_model``: every block of the frozen
+    main model (its activations are kept for the gradients that flow through it to the generated parameters)."""
+
+    hypernetwork: bool = False
+    main_model: bool = False
+
+
+class Distributed(Strict):
+    """Training in several processes, one per GPU (``torchrun --nproc_per_node N`` or ``deepspeed --no_local_rank
+    --num_gpus N``).
+
+    Each process samples its own tasks (seed + rank) and runs ``batch_size / (micro_batch_size x world size)``
+    micro-batches per step; the gradients are averaged over the processes, so the step sees ``batch_size``
+    examples whatever the world size. Rank 0 alone writes logs, checkpoints and the final weights. Launched as a
+    single process, a recipe with this section trains as without it (precision still applies)."""
+
+    backend: Literal["ddp", "deepspeed"] = Field(
+        "ddp", description="ddp: torch.distributed, gradients all-reduced (nccl on GPU, gloo on CPU); deepspeed: "
+        "not available in this version (refused with a message)")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 with ddp)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward and backward under bfloat16 autocast; weights and optimizer stay fp32")
+    offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state in CPU memory")
+    world_size: int | None = Field(
+        None, ge=1, description="the number of processes the recipe was sized for (the paper: 8 GPUs); a "
+        "multi-process launch with another number warns; the global batch_size is kept either way")
+
+    @model_validator(mode="after")
+    def _ddp_plain(self) -> "Distributed":
+        if self.backend == "ddp" and (self.zero_stage or self.offload_optimizer):
+            raise ValueError("zero_stage and offload_optimizer need backend 'deepspeed'; with 'ddp' set zero_stage "
+                             "0 and offload_optimizer false")
+        return self
+
+
 class Training(Strict):
     steps: int = Field(10_000, ge=1)
     batch_size: int = Field(256, ge=1, description="examples per optimizer step (accumulated)")
@@ -115,6 +155,8 @@ class Training(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    gradient_checkpointing: GradientCheckpointing | bool = Field(
+        False, description="true/false for both, or {\"hypernetwork\": bool, \"main_model\": bool}")
     on_nonfinite: Literal["skip", "stop"] = Field(
         "skip", description="a NaN/infinite loss or gradient: skip that update (the step still counts) or stop "
         "with an error naming the step; either way it never reaches the weights or a checkpoint")
@@ -125,6 +167,14 @@ class Training(Strict):
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                              f"({self.micro_batch_size})")
         return self
+
+    @property
+    def checkpointing(self) -> GradientCheckpointing:
+        """``gradient_checkpointing`` as the two switches (a boolean sets both)."""
+        value = self.gradient_checkpointing
+        if isinstance(value, bool):
+            return GradientCheckpointing(hypernetwork=value, main_model=value)
+        return value
 
 
 class Evaluation(Strict):
@@ -142,6 +192,7 @@ class HypernetRecipe(Strict):
     data: Data
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
+    distributed: Distributed | None = None
 
 
 class FinetuneRecipe(Strict):
@@ -157,6 +208,7 @@ class FinetuneRecipe(Strict):
     data: Data
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
+    distributed: Distributed | None = None
 
 
 Recipe = HypernetRecipe | FinetuneRecipe

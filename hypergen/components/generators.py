@@ -13,6 +13,7 @@ Both run the hypernetwork decoder H_dec (the first k layers of the main model's 
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -41,9 +42,15 @@ def run_decoder(decoder: nn.Module, inputs: torch.Tensor, encoder_states: torch.
     for i, block in enumerate(decoder.block):
         if output_attentions and i == len(decoder.block) - 1:
             attentions = _self_attention_weights(block, hidden, self_mask, position_bias, cache)
-        hidden, position_bias, cross_bias = block(
-            hidden, self_mask, position_bias, encoder_states, cross_mask, cross_bias, cache=cache
-        )
+        if cache is None and getattr(decoder, "_hypergen_checkpoint_blocks", False) and torch.is_grad_enabled():
+            # training.gradient_checkpointing.hypernetwork; never with a cache (written in place: a recomputation in
+            # the backward pass would write it twice), see hypergen/training/checkpointing.py
+            hidden, position_bias, cross_bias = torch.utils.checkpoint.checkpoint(
+                block, hidden, self_mask, position_bias, encoder_states, cross_mask, cross_bias, use_reentrant=False)
+        else:
+            hidden, position_bias, cross_bias = block(
+                hidden, self_mask, position_bias, encoder_states, cross_mask, cross_bias, cache=cache
+            )
     return decoder.dropout(decoder.final_layer_norm(hidden)), attentions
 
 

@@ -8,7 +8,13 @@ the regularizers' previous states; ``metrics.jsonl`` lines past the checkpoint (
 dropped on resume. A non-finite loss or gradient never reaches the weights: the update is skipped (the step still
 counts) or training stops with an error naming the step, per ``training.on_nonfinite``; a checkpoint of
 non-finite weights is never written. ``HYPERGEN_FAULT`` (see :mod:`.faults`) is a testing hook that kills the
-process at a chosen point."""
+process at a chosen point.
+
+Several processes (``dist``, from the recipe's ``distributed`` section): each draws its own micro-batches
+(its sampler is seeded with seed + rank), the gradients are averaged over the processes before clipping and the
+step, so every process holds the same weights and optimizer state; the logged loss is the mean over processes.
+Rank 0 alone logs and writes checkpoints; a checkpoint holds every process's sampler, RNG and regularizer states
+(gathered), so a run resumes with the same number of processes exactly where it stopped."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,13 +36,15 @@ from ..data.sampling import TaskSampler
 from ..errors import HypergenError
 from ..io import atomic_write_text
 from .checkpoint import list_checkpoints, load_latest_checkpoint, remove_partial_checkpoints, save_checkpoint
+from .distributed import SINGLE, Dist, accumulation_steps
 from .faults import fault_requested, maybe_kill
 from .optim import linear_schedule, make_optimizer
 
 
 class Trainer:
     def __init__(self, method, sampler: TaskSampler, collator: Collator, cfg, run_dir: Path, device,
-                 evaluate_fn: Callable[[], dict[str, Any]] | None = None, progress: bool = True) -> None:
+                 evaluate_fn: Callable[[], dict[str, Any]] | None = None, progress: bool = True,
+                 dist: Dist = SINGLE, precision: str = "fp32") -> None:
         self.method = method
         self.sampler = sampler
         self.collator = collator
@@ -43,10 +52,12 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = device
         self.evaluate_fn = evaluate_fn
-        self.progress = progress
+        self.dist = dist
+        self.progress = progress and dist.is_main
+        self.autocast = precision == "bf16"
         self.optimizer = make_optimizer(method.module.parameters(), cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
-        self.accumulation = cfg.batch_size // cfg.micro_batch_size
+        self.accumulation = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, dist.world_size)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
         self.step = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -64,30 +75,56 @@ class Trainer:
             "python_rng": _jsonable(random.getstate()),
         }
 
-    def save(self) -> Path:
-        bad = nonfinite_tensors(self.trainable_state())
-        if bad:
-            raise HypergenError(f"step {self.step}: weights {', '.join(bad[:3])} hold NaN or infinite values; "
-                                "refusing to write a checkpoint of them")
-        optimizer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        return save_checkpoint(self.run_dir, self.step, self.trainable_state(), optimizer, self._state(),
-                               self.cfg.keep_checkpoints)
+    def _full_state(self) -> dict[str, Any]:
+        """This process's state, or with several processes every process's (a collective: all must call it)."""
+        if not self.dist.active:
+            return self._state()
+        return {"step": self.step, "world_size": self.dist.world_size,
+                "ranks": self.dist.gather_objects(self._state())}
+
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; every process must call this); None on the other ranks."""
+        state = self._full_state()
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        try:
+            bad = nonfinite_tensors(self.trainable_state())
+            if bad:
+                raise HypergenError(f"step {self.step}: weights {', '.join(bad[:3])} hold NaN or infinite values; "
+                                    "refusing to write a checkpoint of them")
+            optimizer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            return save_checkpoint(self.run_dir, self.step, self.trainable_state(), optimizer, state,
+                                   self.cfg.keep_checkpoints)
+        finally:
+            self.dist.barrier()
 
     def resume(self) -> bool:
         """Load the newest valid checkpoint of the run; False when there is none (then start from step 0).
 
         Whatever a killed process left past that checkpoint goes: temporary checkpoint folders and files, invalid
-        checkpoints newer than it, and ``metrics.jsonl`` lines of later steps (or a half-written last line)."""
-        remove_partial_checkpoints(self.run_dir)
-        for leftover in self.run_dir.glob(".*.tmp"):  # from an atomic write cut short
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
+        checkpoints newer than it, and ``metrics.jsonl`` lines of later steps (or a half-written last line).
+        With several processes, each reads the checkpoint and rank 0 alone cleans up."""
+        if self.dist.is_main:
+            remove_partial_checkpoints(self.run_dir)
+            for leftover in self.run_dir.glob(".*.tmp"):  # from an atomic write cut short
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+        self.dist.barrier()
         found = load_latest_checkpoint(self.run_dir)
+        self.dist.barrier()  # every process has read it before rank 0 removes anything
         if found is None:
             self.step = 0
-            self._truncate_metrics()
+            if self.dist.is_main:
+                self._truncate_metrics()
             return False
         folder, model_state, optimizer, state = found
+        saved_world = state.get("world_size", 1) if isinstance(state, dict) else 1
+        if saved_world != self.dist.world_size:
+            raise HypergenError(f"{folder}: written by a run of {saved_world} process(es); resume it with the "
+                                f"same number (this launch has {self.dist.world_size})")
+        if self.dist.active:
+            state = {**state["ranks"][self.dist.rank], "step": state["step"]}
         self.method.module.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer["optimizer"])
         self.scheduler.load_state_dict(optimizer["scheduler"])
@@ -97,10 +134,12 @@ class Trainer:
             regularizer.load_state_dict(reg_state)
         torch.set_rng_state(state["torch_rng"])
         random.setstate(_tupled(state["python_rng"]))
-        for newer in list_checkpoints(self.run_dir):
-            if newer.name > folder.name:  # failed verification: would only be mistaken for a valid one later
-                shutil.rmtree(newer, ignore_errors=True)
-        self._truncate_metrics()
+        if self.dist.is_main:
+            for newer in list_checkpoints(self.run_dir):
+                if newer.name > folder.name:  # failed verification: would only be mistaken for a valid one later
+                    shutil.rmtree(newer, ignore_errors=True)
+            self._truncate_metrics()
+        self.dist.barrier()
         return True
 
     def _truncate_metrics(self) -> None:
@@ -133,14 +172,20 @@ class Trainer:
             for _ in range(self.accumulation):
                 batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
                                       demos_in_input=self.method.train_demos_in_input).to(self.device)
-                loss, parts = self.method.loss(batch, self.step)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext():
+                    loss, parts = self.method.loss(batch, self.step)
                 if not torch.isfinite(loss):
                     problem = f"non-finite loss ({loss.item()})"
                     break
                 (loss / self.accumulation).backward()
-                examples += batch.num_examples
+                examples += batch.num_examples * self.dist.world_size
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
+            if self.dist.active:  # one process's non-finite loss stops the update on all of them
+                if self.dist.any(problem is not None) and problem is None:
+                    problem = "non-finite loss in another process"
+                if problem is None:
+                    self._average_over_processes(parts_sum)
             if problem is None:
                 norm = self._grad_norm()
                 if not torch.isfinite(norm):
@@ -167,17 +212,29 @@ class Trainer:
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in window.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
             bar.update(1)
             record = {"step": self.step, **parts_sum, "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate}
-            if self.evaluate_fn and cfg.eval_every and self.step % cfg.eval_every == 0:
+            if self.evaluate_fn and cfg.eval_every and self.step % cfg.eval_every == 0 and self.dist.is_main:
                 record["eval"] = self.evaluate_fn()["overall"]
                 bar.write(f"step {self.step}: eval {record['eval']}")
             history.append(record)
-            if self.step % cfg.log_every == 0 or "eval" in record or self.step == cfg.steps:
+            if self.dist.is_main and (self.step % cfg.log_every == 0 or "eval" in record or self.step == cfg.steps):
                 self._log(record)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
         bar.close()
         return history
+
+    def _average_over_processes(self, parts_sum: dict[str, Any]) -> None:
+        """Average the gradients (and the logged loss parts) over the processes: one all-reduce each."""
+        params = [p for p in self.method.module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # unused here: every process must all-reduce the same tensors
+                p.grad = torch.zeros_like(p)
+        self.dist.all_reduce_mean_([p.grad for p in params])
+        keys = sorted(k for k, v in parts_sum.items() if isinstance(v, float))
+        values = torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64)
+        self.dist.all_reduce_mean_([values])
+        parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
 
     def _grad_norm(self) -> torch.Tensor:
         """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""

@@ -1,0 +1,87 @@
+"""Gradient checkpointing switches (``training.gradient_checkpointing``): recompute block activations in the
+backward pass instead of storing them.
+
+* Hypernetwork encoder: Hugging Face's own ``gradient_checkpointing_enable`` on its T5 stack (non-reentrant).
+* Hypernetwork decoder: :func:`hypergen.components.generators.run_decoder` checkpoints each block call when the
+  decoder carries ``CHECKPOINT_FLAG`` and the call has no KV cache. HART's cached steps are run as they are: the
+  cache is appended to in place by every block call, so recomputing a block in the backward pass would append a
+  second time (and change what later steps attend to); only its encoder is checkpointed.
+* Frozen main model: it runs in eval mode (Hugging Face checkpoints only in training mode), and the generated
+  parameters reach its attention through module attributes set for the duration of ``target.applied`` (gone when
+  the backward pass recomputes). So each T5 block's ``forward`` is wrapped here: the wrapper snapshots the block's
+  ``_hypergen_*`` attributes at call time and restores them around the recomputation. Its self-attention cache is
+  dropped (a training forward does not need it; it would otherwise be written twice).
+
+Losses and gradients are the same with and without checkpointing (tests/test_distributed.py checks 1e-5).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+CHECKPOINT_FLAG = "_hypergen_checkpoint_blocks"
+_WRAPPED = "_hypergen_checkpoint_wrapped"
+_ATTRIBUTE_PREFIX = "_hypergen_"
+
+
+def enable_gradient_checkpointing(method, hypernetwork: bool, main_model: bool) -> list[str]:
+    """Switch checkpointing on for the parts asked; return the parts switched on (for logging)."""
+    done = []
+    module = method.module
+    if hypernetwork and hasattr(module, "encoder") and module is not method.main_model:
+        module.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        setattr(module.decoder, CHECKPOINT_FLAG, True)
+        done.append("hypernetwork")
+    if main_model:
+        if module is method.main_model:  # fine-tuning: the trainable model itself, in training mode
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            module.config.use_cache = False
+        else:
+            for stack in (method.main_model.encoder, method.main_model.decoder):
+                for block in stack.block:
+                    wrap_block(block)
+        done.append("main_model")
+    return done
+
+
+def wrap_block(block: nn.Module) -> None:
+    """Make ``block(...)`` run under a non-reentrant checkpoint whenever gradients are being recorded."""
+    if getattr(block, _WRAPPED, False):
+        return
+    forward = block.forward
+
+    @functools.wraps(forward)
+    def checkpointed(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        kwargs = {k: (None if k in ("cache", "past_key_values") else v) for k, v in kwargs.items()}
+        kwargs.pop("use_cache", None)
+        snapshot = _hypergen_attributes(block)
+
+        def run(*inner):
+            current = _hypergen_attributes(block)
+            _restore(snapshot)
+            try:
+                return forward(*inner, **kwargs)
+            finally:
+                _restore(current)
+
+        return checkpoint(run, *args, use_reentrant=False)
+
+    block.forward = checkpointed
+    setattr(block, _WRAPPED, True)
+
+
+def _hypergen_attributes(block: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    return [(m, name, value) for m in block.modules() for name, value in vars(m).items()
+            if name.startswith(_ATTRIBUTE_PREFIX) and name not in (_WRAPPED,)]
+
+
+def _restore(snapshot: list[tuple[nn.Module, str, Any]]) -> None:
+    for module, name, value in snapshot:
+        setattr(module, name, value)
