@@ -41,7 +41,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -376,24 +376,28 @@ def write_adapter(folder: Path, target, params: dict[str, torch.Tensor], main_mo
 
 # ------------------------------------------------------------------------------------------ adapt: run -> adapter
 
+def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line of ``path``; errors name the file and the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise HypergenError(f"{path}: {kind} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HypergenError(f"{path}: cannot read {kind} ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise HypergenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+
+
 def read_demos_file(path: str | Path) -> Task:
     """A task from a JSONL demos file: at most one ``{"definition": ...}`` line and ``{"input", "output"}`` pairs
     (``output`` a string or a list of strings). The pairs become the task's positive examples."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise HypergenError(f"{path}: demos file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: cannot read demos file ({exc})") from None
     definition, pairs = None, []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HypergenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    for number, item in read_jsonl(path, "demos file"):
         if isinstance(item, dict) and set(item) == {"definition"} and isinstance(item["definition"], str):
             if definition is not None:
                 raise HypergenError(f"{path}: line {number} is a second definition; at most one is allowed")
@@ -473,20 +477,8 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
 def read_queries(path: str | Path) -> list[str]:
     """The ``input`` of each line of a JSONL file (``{"input": text}``, other keys ignored)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise HypergenError(f"{path}: input file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: cannot read input file ({exc})") from None
     queries = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HypergenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    for number, item in read_jsonl(path, "input file"):
         if not isinstance(item, dict) or not isinstance(item.get("input"), str):
             raise HypergenError(f"{path}: line {number}: expected an object with a string 'input'")
         queries.append(item["input"])

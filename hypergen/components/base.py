@@ -136,6 +136,17 @@ class PEFTTarget(abc.ABC):
         return {}
 
 
+def expand_to_batch(batch: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-example tensors (P rows) expanded to ``batch`` = P * k rows as ``generate()`` expands its inputs for
+    beam search (``repeat_interleave``: rows i*k .. i*k+k-1 belong to example i)."""
+    rows = tensors[0].shape[0]
+    if batch == rows:
+        return tensors
+    if batch % rows:
+        raise ValueError(f"batch {batch} is not a multiple of the {rows} rows of generated parameters")
+    return tuple(t.repeat_interleave(batch // rows, dim=0) for t in tensors)
+
+
 @dataclass
 class Components:
     """The assembled components of a recipe."""

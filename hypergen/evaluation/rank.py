@@ -8,10 +8,10 @@ from collections import defaultdict
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.collate import Collator
 from ..data.tasks import Example, Task
+from .evaluate import task_chunks
 
 
 def rank_choices(method, task: Task, examples: list[Example], collator: Collator, device, adapted) -> list[int]:
@@ -29,21 +29,12 @@ def rank_choices(method, task: Task, examples: list[Example], collator: Collator
 def evaluate_choices(method, tasks: list[Task], collator: Collator, device, max_instances: int, batch_size: int,
                      group_of: Callable[[str], str] = lambda name: name,
                      progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    method.eval()
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=sum(min(len(t.instances), max_instances) for t in tasks), desc="rank", disable=not progress,
-               leave=False)
-    for task in tasks:
-        instances = task.instances[:max_instances]
-        adapted = method.adapt(collator([(task, instances[:1])], with_labels=False).to(device))  # once per task
-        for start in range(0, len(instances), batch_size):
-            chunk = instances[start:start + batch_size]
-            for example, pick in zip(chunk, rank_choices(method, task, chunk, collator, device, adapted)):
-                prediction = example.choices[pick]
-                records.append({"task": task.name, "input": example.input, "prediction": prediction,
-                                "references": list(example.outputs), "correct": prediction == example.outputs[0]})
-            bar.update(len(chunk))
-    bar.close()
+    for task, adapted, chunk in task_chunks(method, tasks, collator, device, max_instances, batch_size, progress):
+        for example, pick in zip(chunk, rank_choices(method, task, chunk, collator, device, adapted)):
+            prediction = example.choices[pick]
+            records.append({"task": task.name, "input": example.input, "prediction": prediction,
+                            "references": list(example.outputs), "correct": prediction == example.outputs[0]})
     return accuracy_scores(records, group_of), records
 
 
@@ -51,7 +42,8 @@ def accuracy_scores(records: list[dict[str, Any]], group_of: Callable[[str], str
     per_subset: dict[str, list[bool]] = defaultdict(list)
     for record in records:
         per_subset[record["task"]].append(record["correct"])
-    subsets = {name: {"accuracy": 100.0 * sum(v) / len(v), "instances": len(v)} for name, v in sorted(per_subset.items())}
+    subsets = {name: {"accuracy": 100.0 * sum(v) / len(v), "instances": len(v)}
+               for name, v in sorted(per_subset.items())}
     groups: dict[str, list[float]] = defaultdict(list)
     for name, score in subsets.items():
         groups[group_of(name)].append(score["accuracy"])

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ...registry import registry
-from ..base import PEFTTarget, SlotGroup
+from ..base import PEFTTarget, SlotGroup, expand_to_batch
 
 _SITE = "_hypergen_lora_site"  # on a hooked Linear: (side, attention, projection, layer index)
 _HOOK = "_hypergen_lora_hook"  # the hook's handle (prepare is idempotent)
@@ -47,12 +47,8 @@ def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Te
         return None
     a, bt, scale = lora
     x = args[0]
-    batch, rows = x.shape[0], a.shape[0]
-    if batch != rows:
-        if batch % rows:
-            raise ValueError(f"input batch {batch} is not a multiple of the LoRA batch {rows}")
-        a = a.repeat_interleave(batch // rows, dim=0)
-        bt = bt.repeat_interleave(batch // rows, dim=0)
+    batch = x.shape[0]
+    a, bt = expand_to_batch(batch, a, bt)
     flat = x.reshape(batch, -1, x.shape[-1])  # B x n x d_in
     low = torch.einsum("bnd,brd->bnr", flat, a.to(x.dtype))
     delta = torch.einsum("bnr,bro->bno", low, bt.to(x.dtype)) * scale

@@ -24,7 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.t5.modeling_t5 import eager_attention_forward
 
 from ...registry import registry
-from ..base import PEFTTarget, SlotGroup
+from ..base import PEFTTarget, SlotGroup, expand_to_batch
 
 ATTN_IMPLEMENTATION = "hypergen_prefix"
 _SITE = "_hypergen_prefix_site"  # attribute on a tagged SelfAttention module: (side, layer index)
@@ -65,12 +65,7 @@ def prefix_attention_forward(
     prefix = getattr(module, _PREFIX, None)
     if prefix is not None and prefix[0].shape[-2] > 0:
         prefix_key, prefix_value = prefix
-        batch, rows = key.shape[0], prefix_key.shape[0]
-        if batch != rows:
-            if batch % rows:
-                raise ValueError(f"key batch {batch} is not a multiple of the prefix batch {rows}")
-            prefix_key = prefix_key.repeat_interleave(batch // rows, dim=0)
-            prefix_value = prefix_value.repeat_interleave(batch // rows, dim=0)
+        prefix_key, prefix_value = expand_to_batch(key.shape[0], prefix_key, prefix_value)
         p = prefix_key.shape[-2]
         key = torch.cat([prefix_key.to(key.dtype), key], dim=-2)
         value = torch.cat([prefix_value.to(value.dtype), value], dim=-2)
