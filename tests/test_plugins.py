@@ -21,6 +21,7 @@ from hypergen.components.generators import AutoregressiveGenerator, additive_mas
 from hypergen.components.projectors import LayerwiseMLPProjector
 from hypergen.components.targets.prefix import PrefixTarget
 from hypergen.models.hypernet import HyperNetwork, main_model_shape
+from test_components import demos
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "plugins" / "hypergen-blocks"
@@ -136,12 +137,6 @@ def build(tiny_main, generator, k=2):
     return hypernet
 
 
-def demos(num_tasks=2, length=7):
-    torch.manual_seed(2)
-    ids = torch.randint(3, 300, (num_tasks, length))
-    mask = torch.ones_like(ids)
-    mask[0, -2:] = 0
-    return ids, mask
 
 
 def test_blockwise_with_blocks_of_one_is_hart(tiny_main, blocks):

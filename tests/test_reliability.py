@@ -21,21 +21,16 @@ from hypergen.cli import main
 from hypergen.training.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from hypergen.training.methods import HypernetMethod
 
+from test_training import embedded_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def recipe(tmp_path: Path, optimizer: str = "adamw", steps: int = 6) -> dict:
-    return {
-        "main_model": {"tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
-                                "num_heads": 4, "dropout_rate": 0.1}},
-        "hypernetwork": {"decoder_layers": 1, "regularizers": [{"name": "local_consistency", "alpha": 2.0}]},
-        "peft": {"name": "prefix", "length": 2},
-        "data": {"source": "embedded", "path": str(tmp_path / "embedded"), "num_positive": 4,
-                 "demo_style": "compact", "max_demo_length": 64, "max_input_length": 16, "max_target_length": 8,
-                 "queries_per_task": 2, "eval_instances_per_task": 2},
-        "training": {"steps": steps, "batch_size": 8, "micro_batch_size": 4, "optimizer": optimizer, "lr": 1e-3,
-                     "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 3, "seed": 3, "threads": 1},
-    }
+    """test_training's tiny embedded run, checkpointing every 2 steps, on one thread (for kill points)."""
+    data = embedded_recipe(tmp_path, steps)
+    data["training"].update({"optimizer": optimizer, "checkpoint_every": 2, "keep_checkpoints": 3, "threads": 1})
+    return data
 
 
 def write(tmp_path: Path, name: str, data: dict) -> Path:
