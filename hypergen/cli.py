@@ -1,4 +1,4 @@
-"""The ``hypergen`` command line: train, finetune, eval, compare, adapt, predict, recipes, registry."""
+"""The ``hypergen`` command line: train, finetune, eval, compare, adapt, predict, recipes, registry, plot."""
 
 from __future__ import annotations
 
@@ -88,16 +88,19 @@ def _print_final(run_dir: Path, no_eval: bool) -> None:
 @click.option("--data", type=click.Path(), help="Task folder to evaluate on (default: the recipe's).")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), help="File listing the test task names.")
 @click.option("--max-instances", type=click.IntRange(min=1), help="Instances per task (default: the recipe's).")
+@click.option("--other-demos", is_flag=True,
+              help="The demos control: give every task another held-out task's demos (written to "
+                   "RUN/eval-other-demos/). A method that adapts from the demos scores lower.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_command(run_dir, data, split_file, max_instances, quiet) -> None:
+def eval_command(run_dir, data, split_file, max_instances, other_demos, quiet) -> None:
     """Generate each task's parameters once from its demos, decode greedily, print and write ROUGE-L and EM."""
-    from .pipeline import evaluate_run, format_scores
+    from .pipeline import OTHER_DEMOS_DIR, evaluate_run, format_scores
 
     if not Path(run_dir).is_dir():
         raise HypergenError(f"--run: {run_dir} does not exist")
-    scores = evaluate_run(run_dir, data, split_file, max_instances, progress=not quiet)
+    scores = evaluate_run(run_dir, data, split_file, max_instances, progress=not quiet, other_demos=other_demos)
     click.echo(format_scores(scores))
-    click.echo(f"scores written to {Path(run_dir) / 'eval' / 'scores.json'}")
+    click.echo(f"scores written to {Path(run_dir) / (OTHER_DEMOS_DIR if other_demos else 'eval') / 'scores.json'}")
 
 
 @main.command()
@@ -287,6 +290,71 @@ def bench(run_dir, size, num_tasks, steps, output, depths, eval_every, device, t
     json_path, png_path, _ = write_outputs(result, folder)
     click.echo(format_table(result))
     click.echo(f"written {json_path} and {png_path}")
+
+
+
+@main.group("plot")
+def plot_group() -> None:
+    """Plot training-loss curves of runs, and a hypernetwork's generator self-attention."""
+
+
+@plot_group.command("loss")
+@click.option("--run", "runs", multiple=True, required=True, type=click.Path(file_okay=False),
+              help="A run folder with metrics.jsonl; repeat to draw several runs on one plot.")
+@click.option("--label", "labels", multiple=True, help="A label per --run, in order (default: folder names).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="The PNG to write (default: <first run>/plots/<metric>.png); the summary JSON goes beside it.")
+@click.option("--window", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Points per window for the variance and the moving average.")
+@click.option("--metric", default="loss", show_default=True,
+              help="A numeric key of metrics.jsonl: loss (prediction cross-entropy), cst (local consistency, "
+                   "unweighted), lr, examples_per_s.")
+def plot_loss_command(runs, labels, out, window, metric) -> None:
+    """Draw each run's METRIC against step on one PNG; print a one-line summary per run.
+
+    The variance printed (and written to the JSON beside the PNG) is the mean, over every window of WINDOW
+    consecutive logged points in the second half of training (step > last logged step / 2; skipped steps left out),
+    of the variance (ddof 0) of the metric within the window; with fewer points than WINDOW there, one window of
+    all of them; n/a with fewer than 2.
+    """
+    from .plots.loss import format_summary, plot_loss
+
+    png, json_path, summaries = plot_loss(runs, labels, out, window, metric)
+    for summary in summaries:
+        click.echo(format_summary(summary))
+    click.echo(f"written {png} and {json_path}")
+
+
+@plot_group.command("attention")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="A trained hypernetwork run (HyperTuning, HART or a hybrid).")
+@click.option("--tasks", "num_tasks", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Held-out tasks whose demos to average over.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="The PNG to write (default: RUN/plots/attention.png); the matrix JSON goes beside it.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def plot_attention_command(run_dir, num_tasks, out, device) -> None:
+    """Heatmap of the generator's self-attention (last hypernetwork-decoder layer, mean over heads and tasks).
+
+    Non-autoregressive runs (HyperTuning) are drawn row by row: 2p generated rows, the first p feeding every
+    encoder layer, the last p every decoder layer. Autoregressive runs (HART) are aggregated to per-layer blocks
+    (2 rows per layer) and are causal. The full matrix and the blocks are written as JSON beside the PNG.
+    """
+    import torch
+
+    from .plots.attention import check_hypernetwork_run, plot_attention
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HypergenError("--device: 'cuda' requested but no CUDA device is available")
+    check_hypernetwork_run(Path(run_dir))  # fail before loading any model
+    _quiet_hub()
+    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    png, json_path, summary = plot_attention(run_dir, num_tasks, out, torch.device(device))
+    kind = "autoregressive, causal" if summary["autoregressive"] else "non-autoregressive"
+    click.echo(f"generator {summary['generator']} ({kind}): {summary['size']} generated rows, "
+               f"{summary['heads']} heads, {len(summary['tasks'])} held-out tasks; {summary['blocks']['kind']} blocks "
+               f"{', '.join(summary['blocks']['labels'])}")
+    click.echo(f"written {png} and {json_path}")
 
 
 if __name__ == "__main__":

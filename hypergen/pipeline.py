@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .data.sampling import TaskSampler
+from .data.tasks import with_demos_of_other_tasks
 from .errors import HypergenError
 from .evaluation.evaluate import evaluate
 from .models.main import check_model_available
@@ -28,7 +29,7 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
-    dist = setup_distributed(recipe.distributed, recipe_path)  # one process unless launched by torchrun/deepspeed
+    dist = setup_distributed(recipe.distributed, recipe_path)
     try:
         return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist)
     finally:
@@ -113,12 +114,25 @@ def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, prog
 
 
 def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None = None,
-                 max_instances: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 max_instances: int | None = None, progress: bool = True, other_demos: bool = False,
+                 device: torch.device | None = None) -> dict[str, Any]:
+    """Evaluate a trained run on its held-out tasks into ``RUN/eval/``; with ``other_demos`` (the demos control)
+    every task is given another task's demos instead of its own, into ``RUN/eval-other-demos/``."""
     run = Path(run_dir)
     recipe = read_run(run)
     tasks = load_tasks(recipe, "test", data_path=data, split_file=split_file)
-    assembled = load_final(run)
-    return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress)
+    if other_demos:
+        if recipe.data.source == "p3":
+            raise HypergenError("--other-demos: not available for P3 runs (their held-out demos are drawn per subset)")
+        if len(tasks) < 2:
+            raise HypergenError(f"--other-demos: needs at least two held-out tasks, {run} has {len(tasks)}")
+        tasks = with_demos_of_other_tasks(tasks)
+    assembled = load_final(run, device)
+    return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress,
+                              out_name=OTHER_DEMOS_DIR if other_demos else "eval")
+
+
+OTHER_DEMOS_DIR = "eval-other-demos"
 
 
 def format_scores(scores: dict[str, Any], per_task: bool = True) -> str:

@@ -157,3 +157,19 @@ def test_hypernetwork_initialised_from_main(tiny_main):
                                tiny_main.encoder.block[2].layer[1].DenseReluDense.wo.weight)
     assert hypernet.encoder.block[0].layer[0].SelfAttention.q.weight is not \
         tiny_main.encoder.block[0].layer[0].SelfAttention.q.weight
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_reported_attention_is_the_softmax_the_decoder_used(tiny_main, k):
+    """GeneratedStates.attentions (recomputed for analysis) equals the weights T5's own attention computed, also
+    when the last hypernetwork layer is the first (k=1), the one that computes the relative position bias."""
+    hypernet, _ = build(tiny_main, NonAutoregressiveGenerator(), k)
+    hypernet.eval()
+    seen = []
+    last = hypernet.decoder.block[-1].layer[0].SelfAttention
+    handle = last.register_forward_hook(lambda module, args, output: seen.append(output[2]))
+    with torch.no_grad():
+        out = hypernet(*demos(), output_attentions=True)
+    handle.remove()
+    assert out.generated.attentions.shape == seen[-1].shape == (2, 4, 2 * P, 2 * P)
+    torch.testing.assert_close(out.generated.attentions, seen[-1], atol=1e-6, rtol=1e-5)

@@ -30,11 +30,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..baselines import PerTaskTuner, demos_batch
+from ..components.targets.prefix import PrefixTarget
 from ..components.base import MainModelShape, PEFTTarget
 from ..components.generators import AutoregressiveGenerator, NonAutoregressiveGenerator
 from ..components.projectors import LayerwiseMLPProjector
 from ..components.regularizers import LocalConsistency
-from ..components.targets.prefix import PrefixTarget
 from ..data.collate import Collator
 from ..data.tasks import Task
 from ..errors import HypergenError
@@ -338,62 +339,13 @@ def depth_scaling(setup: Setup, method: HypernetMethod, depths: tuple[int, ...],
 
 # ----------------------------------------------------------------------------------------- fine-tuning paths
 
-class _FineTuner:
-    """One task's fine-tuning of the frozen main model by backprop: peft LoRA or a learnable prefix."""
-
-    def __init__(self, setup: Setup, kind: str, seed: int) -> None:
-        self.setup = setup
-        self.kind = kind
-        torch.manual_seed(seed)
-        main = setup.main
-        if kind == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            self.model = get_peft_model(main, LoraConfig(r=LORA_RANK, target_modules=["q", "v"],
-                                                         task_type="SEQ_2_SEQ_LM"))
-            self.params = [p for p in self.model.parameters() if p.requires_grad]
-            lr = setup.preset.lr_lora
-        else:
-            self.model = main
-            self.target = PrefixTarget(setup.preset.prefix_length)
-            self.target.prepare(main)
-            self.prefix = {g.name: nn.Parameter(0.02 * torch.randn(1, g.num_layers, g.rows, g.width,
-                                                                   device=setup.device))
-                           for g in self.target.slot_groups(main)}
-            self.params = list(self.prefix.values())
-            lr = setup.preset.lr_prefix
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr)
-
-    def _context(self):
-        from contextlib import nullcontext
-
-        return nullcontext() if self.kind == "lora" else self.target.applied(self.setup.main, self.prefix)
-
-    def step(self, batch) -> float:
-        with self._context():
-            loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              labels=batch.labels).loss
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def generate(self, batch) -> torch.Tensor:
-        with self._context():
-            return self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       max_new_tokens=self.setup.max_new_tokens, do_sample=False)
-
-    def close(self) -> None:
-        if self.kind == "lora":
-            self.model.unload()  # removes the LoRA layers: the main model is the stock model again
-        self.optimizer = None
-        self.params = []
+def _tuner(setup: Setup, kind: str, seed: int) -> PerTaskTuner:
+    lr = setup.preset.lr_lora if kind == "lora" else setup.preset.lr_prefix
+    return PerTaskTuner(setup.main, kind, lr, seed, prefix_length=setup.preset.prefix_length, lora_rank=LORA_RANK)
 
 
 def _train_batch(setup: Setup, task: Task):
-    examples = task.positives[: setup.collator.cfg.num_positive] or task.instances[:4]
-    return setup.collator([(task, examples)]).to(setup.device)
+    return demos_batch(setup.collator, task, setup.device)
 
 
 def _rouge(setup: Setup, predictions: torch.Tensor, instances) -> float:
@@ -417,12 +369,12 @@ def fine_tuning(setup: Setup, kind: str, tasks: list[Task], steps: int, reach: d
     of the task's instances and record the first step (and training time, evaluation excluded) that matches it.
     """
     device = setup.device
-    warm = _FineTuner(setup, kind, seed)
+    warm = _tuner(setup, kind, seed)
     warm.step(_train_batch(setup, tasks[0]))
     warm.close()
     step_times, run_totals, per_task = [], [], []
     for index, task in enumerate(tasks):
-        tuner = _FineTuner(setup, kind, seed + index + 1)
+        tuner = _tuner(setup, kind, seed + index + 1)
         batch = _train_batch(setup, task)
         record: dict[str, Any] = {"task": task.name}
         goal = None if reach is None else reach.get(task.name)
@@ -430,7 +382,7 @@ def fine_tuning(setup: Setup, kind: str, tasks: list[Task], steps: int, reach: d
         query = setup.collator([(task, instances)], with_labels=False).to(device) if goal is not None else None
         elapsed = 0.0
         if goal is not None:
-            score = _rouge(setup, tuner.generate(query), instances)
+            score = _rouge(setup, tuner.generate(query, setup.max_new_tokens), instances)
             record.update({"hypernet_rougeL": goal, "step0_rougeL": score, "curve": [[0, 0.0, score]]})
             if score >= goal:
                 record.update({"reached_step": 0, "reached_s": 0.0})
@@ -439,7 +391,7 @@ def fine_tuning(setup: Setup, kind: str, tasks: list[Task], steps: int, reach: d
             step_times.append(seconds)
             elapsed += seconds
             if goal is not None and "reached_step" not in record and (step % eval_every == 0 or step == steps):
-                score = _rouge(setup, tuner.generate(query), instances)
+                score = _rouge(setup, tuner.generate(query, setup.max_new_tokens), instances)
                 record["curve"].append([step, elapsed, score])
                 if score >= goal:
                     record.update({"reached_step": step, "reached_s": elapsed})
@@ -454,7 +406,7 @@ def fine_tuning(setup: Setup, kind: str, tasks: list[Task], steps: int, reach: d
     result = {"trainable_parameters": None, "step": summary(step_times), "steps": steps,
               "s_steps": summary(run_totals), "tasks": len(tasks), "per_task": per_task,
               "train_examples": int(_train_batch(setup, tasks[0]).num_examples)}
-    probe = _FineTuner(setup, kind, seed)
+    probe = _tuner(setup, kind, seed)
     result["trainable_parameters"] = sum(p.numel() for p in probe.params)
     # the trainable tensors, their gradients and AdamW's two moments: exact, unlike the RSS/CUDA peak
     result["trainable_state_mib"] = 4 * sum(p.numel() * p.element_size() for p in probe.params) / 2 ** 20

@@ -65,6 +65,9 @@ def _self_attention_weights(block, hidden, self_mask, position_bias, cache) -> t
         layer_cache = cache.self_attention_cache.layers[attn.layer_idx]
         k = torch.cat([layer_cache.keys, k], dim=2)
     scores = q @ k.transpose(-1, -2)
+    if position_bias is None and attn.has_relative_attention_bias:  # the first block computes the bias itself
+        q_len, k_len = scores.shape[-2:]
+        position_bias = attn.compute_bias(k_len, k_len, scores.device)[..., -q_len:, :]  # 1 x heads x q x k
     if position_bias is not None:
         scores = scores + position_bias[..., -scores.shape[-1]:]
     if self_mask is not None:

@@ -151,3 +151,14 @@ def load_task_folder(
             raise _fail(split_file, f"lists task '{name}' but its file {file} does not exist")
         tasks.append(load_task(file))
     return tasks
+
+
+def with_demos_of_other_tasks(tasks: list[Task], shift: int = 1) -> list[Task]:
+    """The demos control: each task keeps its name and instances but gets the definition and positive examples of
+    the task ``shift`` places later in the list (cyclically). A method that adapts from the demos scores lower on
+    these; one whose score does not drop is not using them."""
+    if len(tasks) < 2:
+        raise ValueError("the demos control needs at least two tasks (each borrows another task's demos)")
+    n = len(tasks)
+    return [Task(task.name, tasks[(i + shift) % n].definition, list(tasks[(i + shift) % n].positives),
+                 task.instances, task.source) for i, task in enumerate(tasks)]

@@ -1,0 +1,106 @@
+"""Reproduce the paper's comparisons (Table 2, Table 5, Figures 1, 3, 4) at a scale this machine trains.
+
+    python benchmarks/reproduce.py                      # the full study: embedded + sni-algo, 3 seeds (CPU: < 2 h)
+    python benchmarks/reproduce.py --quick              # one seed, embedded, fewer steps (CPU: < 15 min)
+    python benchmarks/reproduce.py --scale base --device cuda --seeds 1 --deadline-min 7   # larger, on a GPU
+
+Writes the runs to ``--out`` (default ``runs/reproduce``) and the report to
+``benchmarks/results/reproduce/<scale>-<profile>.md`` with its PNGs beside it. Started again with the same
+settings, it continues where it stopped (finished runs are read back, an interrupted one resumes).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hypergen.errors import HypergenError
+from hypergen.reproduce.plan import METHODS, RUN_ORDER, SCALES, StudyConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SNI_ALGO = ROOT.parent / "shared" / "data" / "sni-algo"
+
+
+def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str | None]]:
+    if not values:
+        values = ("embedded",) if quick or not SNI_ALGO.is_dir() else ("embedded", str(SNI_ALGO))
+    sources = []
+    for value in values:
+        if value == "embedded":
+            sources.append(("embedded", None))
+        elif Path(value).is_dir():
+            sources.append(("sni", str(Path(value).resolve())))
+        else:
+            raise HypergenError(f"--data: {value!r} is neither 'embedded' nor an S-NI folder (tasks/ and splits/)")
+    return sources
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data", multiple=True,
+              help="'embedded' or an S-NI folder; repeat for several (default: embedded, plus ../shared/data/"
+                   "sni-algo when it exists and not --quick).")
+@click.option("--seeds", type=click.IntRange(min=1), help="Seeds per method (default 3; --quick: 1).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps of each hypernetwork; the FT baselines, "
+              "which continue M0's training, get a third (default: the profile's, per data source).")
+@click.option("--main-steps", type=click.IntRange(min=1), help="Steps of the main model M0 (default: the profile's).")
+@click.option("--task-steps", type=click.IntRange(min=1), help="Per-task Prefix-Tuning / LoRA steps (default: the "
+              "profile's).")
+@click.option("--quick", is_flag=True, help="Fewer steps and instances, one seed, embedded only: a check that "
+              "everything runs (under 15 min on a 2-core CPU), not a result.")
+@click.option("--scale", type=click.Choice(sorted(SCALES)), default="tiny", show_default=True,
+              help="tiny: d_model 128, 3+2 layers (CPU); base: d_model 512, 6+6 layers (GPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--methods", help=f"Comma-separated subset of: {', '.join(RUN_ORDER)} (default: all).")
+@click.option("--deadline-min", type=click.FloatRange(min=0), help="Start no run after this many minutes; the "
+              "report lists what was left out.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/reproduce", show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Markdown report (default: benchmarks/results/reproduce/<scale>-<profile>.md).")
+@click.option("--fresh", is_flag=True, help="Retrain runs whose folders hold other settings.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+def main(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh,
+         debug) -> None:
+    """Train and evaluate every method of the comparison on held-out tasks; write tables and figures."""
+    try:
+        run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh)
+    except HypergenError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report,
+        fresh) -> None:
+    from hypergen.reproduce.report import write_report
+    from hypergen.reproduce.study import Study
+
+    chosen = [m.strip() for m in methods.split(",")] if methods else list(RUN_ORDER)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise HypergenError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(RUN_ORDER)}")
+    cfg = StudyConfig(data=_data_sources(data, quick), seeds=seeds or (1 if quick else 3), scale=scale,
+                      profile="quick" if quick else "full", steps=steps, main_steps=main_steps,
+                      task_steps=task_steps, device=device,
+                      out=Path(out), methods=[m for m in RUN_ORDER if m in chosen],
+                      deadline_s=None if deadline_min is None else 60 * deadline_min,
+                      command="python " + " ".join(shlex.quote(a) for a in sys.argv))
+    report_path = Path(report) if report else ROOT / "benchmarks" / "results" / "reproduce" / f"{cfg.name}.md"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per run
+    started = time.perf_counter()
+    study = Study(cfg, log=lambda m: click.echo(m, err=True), fresh=fresh)
+    try:
+        study.run()
+    finally:  # a failed or interrupted study still reports what it finished
+        written = write_report(study.results, report_path)
+    click.echo(f"report written to {written} ({time.perf_counter() - started:.0f} s this sitting)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""What the reproduction study runs: the methods of the paper's Table 2 and Table 5 as recipes of the same code,
+at a scale (model size) and a profile (steps) this machine or a GPU can train.
+
+Every method starts from the same frozen "pretrained" main model M0 (no T5 can be downloaded here, so the study
+trains one: multi-task fine-tuning of a tiny T5 on the training tasks, half of its examples with the demos in the
+input, so that it can read demonstrations as a pretrained model can). Then, per seed:
+
+* FT-Zero-Shot / FT-Few-Shot: M0 fine-tuned further on the training tasks without / with the demos in the input;
+* Prefix-Tuning / LoRA: per held-out task, fresh PEFT parameters trained by backprop on that task's demos;
+* the hypernetworks, each a recipe: generator x regularizers (HyperTuning, HyperTuning + AR, HART, HART with the
+  layers generated in reverse order, and the ablation's HART without autoregressive generation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# -------------------------------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str                      # folder name of its runs
+    label: str                    # the row label in the tables
+    kind: str                     # "finetune" | "per_task" | "hypernet"
+    generator: dict[str, Any] | None = None
+    consistency: bool = False
+    few_shot: bool = False
+    peft: str | None = None       # per_task: "prefix" or "lora"
+
+
+CONSISTENCY = {"name": "local_consistency"}  # alpha from the scale preset
+METHODS: dict[str, Method] = {m.key: m for m in [
+    Method("hypertuning", "HyperTuning", "hypernet", {"name": "non_autoregressive"}),
+    Method("hart", "HART", "hypernet", {"name": "autoregressive"}, consistency=True),
+    Method("hypertuning_ar", "HyperTuning + AR", "hypernet", {"name": "autoregressive"}),
+    Method("hart_no_ar", "HART w/o AR (consistency only)", "hypernet", {"name": "non_autoregressive"},
+           consistency=True),
+    Method("hart_reverse", "HART, layers in reverse order", "hypernet", {"name": "autoregressive", "reverse": True},
+           consistency=True),
+    Method("ft_zero_shot", "FT-Zero-Shot", "finetune"),
+    Method("ft_few_shot", "FT-Few-Shot", "finetune", few_shot=True),
+    Method("prefix_tuning", "Prefix-Tuning (per task)", "per_task", peft="prefix"),
+    Method("lora", "LoRA (per task)", "per_task", peft="lora"),
+]}
+# the order they run in: the headline comparison first, so a deadline cuts the least informative runs
+RUN_ORDER = list(METHODS)
+TABLE2 = ["ft_zero_shot", "ft_few_shot", "prefix_tuning", "lora", "hypertuning", "hypertuning_ar", "hart",
+          "hart_reverse"]
+# Table 5: (row label, method, autoregressive?, consistency?)
+TABLE5 = [("HART", "hart", True, True), ("- local consistency", "hypertuning_ar", True, False),
+          ("- autoregressive generation", "hart_no_ar", False, True), ("- both (HyperTuning)", "hypertuning",
+                                                                         False, False)]
+# the demos control: methods that read demos, evaluated with another task's demos
+CONTROL = ["hypertuning", "hypertuning_ar", "hart", "hart_reverse", "hart_no_ar", "ft_few_shot"]
+# Figure 3: without / with autoregressive generation; Figure 4: without / with local consistency
+FIGURE3 = ["hypertuning", "hypertuning_ar"]
+FIGURE4 = ["hypertuning_ar", "hart"]
+
+# ---------------------------------------------------------------------------------------------- scales
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Model size and optimisation settings (the same for every method)."""
+
+    name: str
+    t5: dict[str, Any]
+    decoder_layers: int           # k: hypernetwork decoder layers
+    prefix_length: int
+    batch_size: int
+    hyper_lr: float
+    main_lr: float
+    alpha: float = 1.0            # local consistency weight
+    per_task_lr: dict[str, float] = field(default_factory=lambda: {"prefix": 1e-2, "lora": 1e-3})
+    warmup_steps: int = 20
+
+
+SCALES: dict[str, Scale] = {
+    # the make-demo size: trains in minutes on a 2-core CPU
+    "tiny": Scale("tiny", dict(d_model=128, d_kv=32, d_ff=256, num_layers=3, num_decoder_layers=2, num_heads=4),
+                  decoder_layers=2, prefix_length=8, batch_size=32, hyper_lr=3e-4, main_lr=1e-3),
+    # for a GPU: T5-Small's shape (d_model 512, 6 + 6 layers, 8 heads) with a narrower gated feed-forward; a
+    # training step at this size is bound by kernel launches on an H100, so a 4x larger batch costs little more
+    "base": Scale("base", dict(d_model=512, d_kv=64, d_ff=1024, num_layers=6, num_decoder_layers=6, num_heads=8),
+                  decoder_layers=3, prefix_length=16, batch_size=128, hyper_lr=3e-4, main_lr=5e-4,
+                  per_task_lr={"prefix": 1e-2, "lora": 5e-4}, warmup_steps=100),
+}
+
+# --------------------------------------------------------------------------------------- data and profiles
+
+
+@dataclass(frozen=True)
+class Steps:
+    main: int        # M0's multi-task fine-tuning
+    train: int       # each hypernetwork
+    finetune: int    # each FT baseline (continuing M0's multi-task fine-tuning on the same training tasks)
+    per_task: int    # Prefix-Tuning / LoRA steps per held-out task
+    eval_instances: int
+
+
+def data_section(source: str, path: str | None, eval_instances: int) -> dict[str, Any]:
+    """The recipes' ``data`` section: the embedded family (compact x>y demos) or S-NI files (Def+2Pos)."""
+    if source == "embedded":  # path: where the tasks are written (default: .cache/hypergen/embedded)
+        return {"source": "embedded", **({"path": path} if path else {}), "num_positive": 4, "max_demo_length": 64, "max_input_length": 32,
+                "max_target_length": 16, "queries_per_task": 8, "eval_instances_per_task": eval_instances,
+                "include_definition": False, "demo_style": "compact"}
+    return {"source": "sni", "path": path, "num_positive": 2, "include_definition": True, "demo_style": "sni",
+            "max_demo_length": 512, "max_input_length": 160, "max_target_length": 64, "queries_per_task": 4,
+            "eval_instances_per_task": eval_instances}
+
+
+def max_new_tokens(source: str) -> int:
+    return 12 if source == "embedded" else 48
+
+
+# (scale, profile) -> steps per data source; "sni" steps are fewer: its sequences are ~5x longer
+PROFILES: dict[str, dict[str, Steps]] = {
+    "full": {"embedded": Steps(main=2000, train=1500, finetune=500, per_task=50, eval_instances=16),
+             "sni": Steps(main=800, train=400, finetune=200, per_task=50, eval_instances=20)},
+    "quick": {"embedded": Steps(main=500, train=300, finetune=100, per_task=20, eval_instances=8),
+              "sni": Steps(main=150, train=100, finetune=50, per_task=10, eval_instances=8)},
+}
+
+
+@dataclass
+class StudyConfig:
+    data: list[tuple[str, str | None]]   # (source "embedded" | "sni", path or None)
+    seeds: int = 3
+    scale: str = "tiny"
+    profile: str = "full"
+    steps: int | None = None             # overrides each data source's hypernetwork steps (and FT steps, / 3)
+    main_steps: int | None = None
+    task_steps: int | None = None        # overrides the per-task (Prefix-Tuning / LoRA) steps
+    device: str = "auto"
+    out: Path = Path("runs/reproduce")
+    report: Path | None = None
+    methods: list[str] = field(default_factory=lambda: list(RUN_ORDER))
+    deadline_s: float | None = None      # start no run after this many seconds (the report says what was skipped)
+    command: str = ""
+
+    def steps_for(self, source: str) -> Steps:
+        base = PROFILES[self.profile][source]
+        return Steps(main=self.main_steps or base.main, train=self.steps or base.train,
+                     finetune=max(1, self.steps // 3) if self.steps else base.finetune,
+                     per_task=self.task_steps or base.per_task, eval_instances=base.eval_instances)
+
+    @property
+    def name(self) -> str:
+        return f"{self.scale}-{self.profile}"
+
+
+def data_label(source: str, path: str | None) -> str:
+    return "embedded" if source == "embedded" else Path(path or "sni").name
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+
+def _training(scale: Scale, steps: int, lr: float, seed: int, device: str, batch_size: int) -> dict[str, Any]:
+    return {"steps": steps, "batch_size": batch_size, "micro_batch_size": batch_size, "optimizer": "adamw",
+            "lr": lr, "warmup_steps": min(scale.warmup_steps, steps // 10), "log_every": max(1, min(25, steps // 40)),
+            "checkpoint_every": max(steps // 3, 1), "seed": seed, "device": device}
+
+
+def _batch(source: str, scale: Scale) -> int:
+    return scale.batch_size if source == "embedded" else scale.batch_size // 2
+
+
+def main_recipe(cfg: StudyConfig, source: str, path: str | None) -> dict[str, Any]:
+    """M0: the study's frozen 'pretrained' main model (seed 0, shared by every method and seed)."""
+    scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
+    return {"kind": "finetune",
+            "description": "The reproduction study's stand-in for a pretrained main model (M0).",
+            "main_model": {"tiny": dict(scale.t5)}, "few_shot": False, "train_demos_fraction": 0.5,
+            "data": data_section(source, path, steps.eval_instances),
+            "training": _training(scale, steps.main, scale.main_lr, 0, cfg.device, _batch(source, scale)),
+            "evaluation": {"max_new_tokens": max_new_tokens(source), "batch_size": 32}}
+
+
+def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | None, main_model_dir: Path,
+                  seed: int) -> dict[str, Any]:
+    """The recipe of a 'finetune' or 'hypernet' method, on M0 (``main_model_dir``)."""
+    scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
+    common = {"main_model": {"name_or_path": str(main_model_dir)},
+              "data": data_section(source, path, steps.eval_instances),
+              "evaluation": {"max_new_tokens": max_new_tokens(source), "batch_size": 32}}
+    if method.kind == "finetune":
+        return {"kind": "finetune", "description": f"{method.label} (reproduction study)", "few_shot": method.few_shot,
+                **common, "training": _training(scale, steps.finetune, scale.main_lr, seed, cfg.device,
+                                                _batch(source, scale))}
+    if method.kind != "hypernet":
+        raise ValueError(f"{method.key}: no recipe for kind {method.kind!r}")
+    regularizers = [{**CONSISTENCY, "alpha": scale.alpha}] if method.consistency else []
+    return {"description": f"{method.label} (reproduction study)", **common,
+            "hypernetwork": {"decoder_layers": scale.decoder_layers, "fusion_in_decoder": True,
+                             "generator": dict(method.generator), "projector": {"name": "layerwise_mlp"},
+                             "regularizers": regularizers},
+            "peft": {"name": "prefix", "length": scale.prefix_length},
+            "training": _training(scale, steps.train, scale.hyper_lr, seed, cfg.device, _batch(source, scale))}

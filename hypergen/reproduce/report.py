@@ -1,0 +1,181 @@
+"""The study's report: Table 2 (methods), Table 5 (ablation), the demos control, Figures 1, 3 and 4, as Markdown
+plus PNGs, from ``results.json`` and the run folders."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+from .plan import CONTROL, FIGURE3, FIGURE4, METHODS, TABLE2, TABLE5
+
+LOSS_WINDOW = 10  # logged points per window of the loss variance (see hypergen.plots.loss.loss_variance)
+
+
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sample sd`` (ddof 1) over seeds; the mean alone for one seed; a dash for none."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _values(runs: dict[str, Any], key: str, metric: str, part: str = "overall") -> list[float]:
+    return [seed[part][metric] for seed in runs.get(key, {}).values() if part in seed]
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def table2(runs: dict[str, Any]) -> list[str]:
+    lines = ["| method | EM | ROUGE-L | seeds |", "|---|---:|---:|---:|"]
+    main = runs.get("main", {}).get("0", {}).get("overall")
+    if main:
+        lines.append(f"| M0 alone, zero-shot (the frozen main model; reference) | {main['exact_match']:.2f} | "
+                     f"{main['rougeL']:.2f} | – |")
+    for key in TABLE2:
+        em, rl = _values(runs, key, "exact_match"), _values(runs, key, "rougeL")
+        lines.append(f"| {METHODS[key].label} | {mean_sd(em)} | {mean_sd(rl)} | {len(rl)} |")
+    return lines
+
+
+def table5(runs: dict[str, Any]) -> list[str]:
+    lines = ["| variant | autoregressive | local consistency | EM | ROUGE-L | ROUGE-L vs HART |",
+             "|---|:-:|:-:|---:|---:|---:|"]
+    hart = _mean(_values(runs, "hart", "rougeL"))
+    rows = TABLE5 + [("HART, layers in reverse order", "hart_reverse", True, True)]
+    for label, key, ar, consistency in rows:
+        em, rl = _values(runs, key, "exact_match"), _values(runs, key, "rougeL")
+        delta = _mean(rl) - hart
+        lines.append(f"| {label} | {'✓' if ar else '–'} | {'✓' if consistency else '–'} | {mean_sd(em)} | "
+                     f"{mean_sd(rl)} | {'' if math.isnan(delta) or key == 'hart' else f'{delta:+.2f}'} |")
+    return lines
+
+
+def control_table(runs: dict[str, Any]) -> list[str]:
+    lines = ["| method | ROUGE-L, own demos | ROUGE-L, another task's demos | drop | EM, own | EM, other |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for key in CONTROL:
+        own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", "other_demos")
+        if not other:
+            continue
+        em_own, em_other = _values(runs, key, "exact_match"), _values(runs, key, "exact_match", "other_demos")
+        lines.append(f"| {METHODS[key].label} | {mean_sd(own)} | {mean_sd(other)} | "
+                     f"{_mean(own) - _mean(other):+.2f} | {mean_sd(em_own)} | {mean_sd(em_other)} |")
+    return lines
+
+
+def findings(runs: dict[str, Any]) -> list[str]:
+    """Plain statements read off the numbers (mean ROUGE-L over seeds), whichever way they go."""
+    rl = {key: _mean(_values(runs, key, "rougeL")) for key in METHODS}
+    out = []
+
+    def compare(a: str, b: str, what: str) -> None:
+        if math.isnan(rl[a]) or math.isnan(rl[b]):
+            return
+        verdict = "above" if rl[a] > rl[b] else "below" if rl[a] < rl[b] else "equal to"
+        out.append(f"- {METHODS[a].label} is {verdict} {METHODS[b].label} ({rl[a]:.2f} vs {rl[b]:.2f} ROUGE-L){what}")
+
+    compare("hart", "hypertuning", "; the paper reports HART above HyperTuning.")
+    compare("hypertuning_ar", "hypertuning", ": the effect of autoregressive generation alone.")
+    compare("hart", "hypertuning_ar", ": the effect of local consistency on top of it.")
+    compare("hart", "hart_reverse", ": generating the layers bottom-up (the paper's order) versus top-down.")
+    hypernets = [k for k in ("hypertuning", "hypertuning_ar", "hart", "hart_reverse") if not math.isnan(rl[k])]
+    baselines = [k for k in ("prefix_tuning", "lora", "ft_zero_shot", "ft_few_shot") if not math.isnan(rl[k])]
+    if hypernets and baselines:
+        best = max(hypernets, key=rl.get)
+        beaten = [METHODS[k].label for k in baselines if rl[k] < rl[best]]
+        out.append(f"- The best hypernetwork ({METHODS[best].label}) is above: {', '.join(beaten) or 'none'} "
+                   "of the baselines.")
+    for key in CONTROL:
+        own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", "other_demos")
+        if own and other:
+            drop = _mean(own) - _mean(other)
+            change = f"drops by {drop:.2f}" if drop > 0 else f"rises by {-drop:.2f}"
+            out.append(f"- {METHODS[key].label} with another task's demos: ROUGE-L {change}"
+                       + (" (it uses the demos)." if drop > 1 else
+                          " (under 1 point: it hardly adapts to the demos)."))
+    return out
+
+
+def _figure(runs: dict[str, Any], keys: list[str], out: Path, title: str) -> list[str]:
+    """Loss curves of seed 0 of ``keys``, and the loss variance (mean over seeds) of each."""
+    from ..plots.loss import plot_loss, read_metrics, summarize
+
+    present = [k for k in keys if "run" in runs.get(k, {}).get("0", {})]
+    if len(present) < 2:
+        return [f"({title}: not enough finished runs to draw)"]
+    plot_loss([runs[k]["0"]["run"] for k in present], [METHODS[k].label for k in present], out, LOSS_WINDOW)
+    lines = [f"![{title}]({out.parent.name}/{out.name})", "",
+             f"Loss variance: the variance of the logged training loss within windows of {LOSS_WINDOW} consecutive "
+             "logged points, averaged over the windows of the second half of training (hypergen.plots.loss).", "",
+             "| method | final loss (seed 0) | loss variance, mean over seeds |",
+             "|---|---:|---:|"]
+    for key in present:
+        variances, final = [], None
+        for seed, entry in sorted(runs[key].items()):
+            if "run" not in entry:
+                continue
+            summary = summarize(METHODS[key].label, Path(entry["run"]), read_metrics(Path(entry["run"])), "loss",
+                                LOSS_WINDOW)
+            if summary["variance"] is not None:
+                variances.append(summary["variance"])
+            if seed == "0":
+                final = summary["final"]
+        lines.append(f"| {METHODS[key].label} | {final:.4f} | "
+                     f"{statistics.fmean(variances):.3g} ({len(variances)} seeds) |" if variances else
+                     f"| {METHODS[key].label} | {final} | – |")
+    return lines
+
+
+def _attention(runs: dict[str, Any], out: Path) -> list[str]:
+    from ..plots.attention import plot_attention
+
+    entry = runs.get("hypertuning", {}).get("0", {})
+    if "run" not in entry:
+        return ["(Figure 1: no finished HyperTuning run to draw)"]
+    plot_attention(entry["run"], out=out)
+    return [f"![Figure 1 analogue]({out.parent.name}/{out.name})"]
+
+
+def write_report(results: dict[str, Any], report: Path, figures: bool = True) -> Path:
+    """Write ``report`` (Markdown) and its PNGs beside it, in ``<report stem>/``."""
+    report = Path(report)
+    fig_dir = report.parent / report.stem
+    config = results["config"]
+    hours = results.get("wall_s", 0.0) / 3600
+    lines = [f"# Reproduction study: {config['name']}", "",
+             f"Command: `{config['command']}`  ", f"Device: {results.get('device', '?')}  ",
+             f"Seeds: {config['seeds']} (hypernetwork/FT initialisation, task sampling and per-task tuning; M0 is "
+             "trained once, seed 0)  ",
+             f"Wall time: {results.get('wall_s', 0.0):.0f} s ({hours:.2f} h), every run included  ",
+             f"Steps: {config['steps']}  ",
+             f"Scale: {config['scale_settings']}", "",
+             "Scores are on held-out tasks (exact match and ROUGE-L, 0-100; mean ± sample standard deviation over "
+             "seeds). All methods share one frozen main model M0 and the same evaluation instances.", ""]
+    if results.get("skipped"):
+        lines += ["**Not run** (" + str(len(results["skipped"])) + " runs): " + "; ".join(
+            sorted({f"{s['data']} {s['method']}" for s in results["skipped"]})) + " — "
+                  + results["skipped"][0]["why"] + ".", ""]
+    for label, runs in results["runs"].items():
+        lines += [f"## {label}", "", "### Table 2 analogue: methods", ""] + table2(runs)
+        lines += ["", "### Table 5 analogue: ablation", ""] + table5(runs)
+        lines += ["", "### Control: another task's demos", "",
+                  "Each held-out task evaluated with the demos of another held-out task (its neighbour in the "
+                  "list). A method that adapts to the demos should drop.", ""] + control_table(runs)
+        lines += ["", "### Findings (read off the numbers above)", ""] + findings(runs)
+        if figures:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            lines += ["", "### Figure 3 analogue: loss with and without autoregressive generation", ""]
+            lines += _figure(runs, FIGURE3, fig_dir / f"{label}-fig3-autoregressive.png", "Figure 3 analogue")
+            lines += ["", "### Figure 4 analogue: loss with and without local consistency", ""]
+            lines += _figure(runs, FIGURE4, fig_dir / f"{label}-fig4-consistency.png", "Figure 4 analogue")
+            lines += ["", "### Figure 1 analogue: HyperTuning's self-attention over the per-layer states", ""]
+            lines += _attention(runs, fig_dir / f"{label}-fig1-attention.png")
+        lines.append("")
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report

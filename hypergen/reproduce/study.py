@@ -1,0 +1,196 @@
+"""Run the reproduction study: every method on every data source and seed, each run a normal run folder.
+
+Layout under ``OUT/<scale>-<profile>/``: ``<data>/main`` (M0), ``<data>/<method>-s<seed>`` (a run folder per method
+and seed: recipe.json, metrics.jsonl, eval/, and for the demos control eval-other-demos/), ``<data>/recipes/`` (the
+recipe files trained) and ``results.json`` (every score so far, rewritten atomically after each run). A study
+that was stopped continues where it stopped when started again with the same settings: finished runs are read
+back, an interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import HypergenError
+from ..io import atomic_write_json, atomic_write_text
+from ..recipe import parse_recipe
+from .plan import CONTROL, METHODS, Method, StudyConfig, data_label, main_recipe, method_recipe, max_new_tokens, \
+    SCALES
+
+
+class Study:
+    def __init__(self, cfg: StudyConfig, log: Callable[[str], None] = print, fresh: bool = False) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.fresh = fresh
+        self.root = Path(cfg.out) / cfg.name
+        self.results_path = self.root / "results.json"
+        self.started = time.perf_counter()
+        self.results: dict[str, Any] = {"config": self._config_record(), "runs": {}, "skipped": []}
+        if self.results_path.is_file() and not fresh:  # a stopped study goes on: keep what its runs recorded
+            before = json.loads(self.results_path.read_text())
+            if before.get("config") == self.results["config"]:
+                self.results["runs"] = before.get("runs", {})
+                self.results["wall_s_before"] = before.get("wall_s", 0.0)
+
+    def _config_record(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"name": cfg.name, "scale": cfg.scale, "profile": cfg.profile, "seeds": cfg.seeds,
+                "data": [list(d) for d in cfg.data], "methods": cfg.methods, "device": cfg.device,
+                "command": cfg.command,
+                "steps": {data_label(*d): cfg.steps_for(d[0]).__dict__ for d in cfg.data},
+                "scale_settings": SCALES[cfg.scale].__dict__}
+
+    # -------------------------------------------------------------------------------------------- the loop
+    def run(self) -> dict[str, Any]:
+        import torch
+
+        self.results["device"] = _device_name(self.cfg.device, torch)
+        for source, path in self.cfg.data:
+            label = data_label(source, path)
+            folder = self.root / label
+            main_dir = self._trained(label, "main", 0, main_recipe(self.cfg, source, path), folder / "main")
+            if main_dir is None:
+                continue
+            for seed in range(self.cfg.seeds):
+                for key in self.cfg.methods:
+                    method = METHODS[key]
+                    if self._expired(label, key, seed):
+                        continue
+                    if method.kind == "per_task":
+                        self._per_task(label, method, seed, source, folder, main_dir / "model")
+                        continue
+                    recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed)
+                    run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
+                    if run_dir is not None and key in CONTROL:
+                        self._control(label, key, seed, run_dir)
+        self._save()
+        return self.results
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _expired(self, label: str, key: str, seed: int) -> bool:
+        if self.cfg.deadline_s is None or self.elapsed < self.cfg.deadline_s:
+            return False
+        self.results["skipped"].append({"data": label, "method": key, "seed": seed,
+                                        "why": f"deadline of {self.cfg.deadline_s:.0f} s reached"})
+        self.log(f"  skipped {label} {key} s{seed}: deadline reached")
+        self._save()
+        return True
+
+    def _entry(self, label: str, key: str, seed: int) -> dict[str, Any]:
+        return self.results["runs"].setdefault(label, {}).setdefault(key, {}).setdefault(str(seed), {})
+
+    def _save(self) -> None:
+        self.results["wall_s"] = self.results.get("wall_s_before", 0.0) + self.elapsed  # this study, all sittings
+        atomic_write_json(self.results_path, self.results)
+
+    # ------------------------------------------------------------------------------------- one trained run
+    def _trained(self, label: str, key: str, seed: int, recipe: dict[str, Any], run_dir: Path) -> Path | None:
+        """Train and evaluate ``recipe`` into ``run_dir`` (or read it back when it finished before)."""
+        from ..pipeline import train
+
+        if key == "main" and self.cfg.deadline_s is not None and self.elapsed >= self.cfg.deadline_s:
+            self.results["skipped"].append({"data": label, "method": "main", "seed": 0, "why": "deadline"})
+            return None
+        recipe_file = run_dir.parent / "recipes" / f"{run_dir.name}.json"
+        resolved = json.loads(parse_recipe(recipe, str(recipe_file)).model_dump_json())
+        scores_file = run_dir / "eval" / "scores.json"
+        stored = run_dir / "recipe.json"
+        same = stored.is_file() and json.loads(stored.read_text()) == resolved
+        if stored.is_file() and not same and not self.fresh:
+            raise HypergenError(f"{run_dir}: holds a run of other settings than this study's; pass --fresh to "
+                                f"retrain it, or choose another --out")
+        entry = self._entry(label, key, seed)
+        if same and scores_file.is_file():
+            self.log(f"{label} {key} s{seed}: finished before, read back from {run_dir}")
+        else:
+            atomic_write_text(recipe_file, json.dumps(recipe, indent=2) + "\n")
+            steps = recipe["training"]["steps"]
+            self.log(f"{label} {key} s{seed}: training {steps} steps -> {run_dir}")
+            started = time.perf_counter()
+            train(str(recipe_file), str(run_dir), [], resume=same, overwrite=not same, progress=False)
+            entry["wall_s"] = time.perf_counter() - started
+        entry["run"] = str(run_dir)
+        entry["overall"] = json.loads(scores_file.read_text())["overall"]
+        self.log(f"  {_scores_line(entry['overall'])}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""))
+        self._save()
+        return run_dir
+
+    def _control(self, label: str, key: str, seed: int, run_dir: Path) -> None:
+        """The demos control: the same run evaluated with every held-out task given another task's demos."""
+        from ..pipeline import OTHER_DEMOS_DIR, evaluate_run
+
+        scores_file = run_dir / OTHER_DEMOS_DIR / "scores.json"
+        own_scores = run_dir / "eval" / "scores.json"
+        if not scores_file.is_file() or scores_file.stat().st_mtime < own_scores.stat().st_mtime:  # stale: redo
+            evaluate_run(str(run_dir), progress=False, other_demos=True, device=_torch_device(self.cfg.device))
+        entry = self._entry(label, key, seed)
+        entry["other_demos"] = json.loads(scores_file.read_text())["overall"]
+        self.log(f"  with other tasks' demos: {_scores_line(entry['other_demos'])}")
+        self._save()
+
+    # --------------------------------------------------------------------------- per-task backprop baselines
+    def _per_task(self, label: str, method: Method, seed: int, source: str, folder: Path, model_dir: Path) -> None:
+        """Prefix-Tuning / LoRA: fresh parameters per held-out task, trained on its demos, on M0 (frozen)."""
+        from ..baselines import tune_and_predict
+        from ..evaluation.metrics import score_predictions
+        from ..models.main import freeze
+        from ..runs import load_final, load_tasks
+
+        run_dir = folder / f"{method.key}-s{seed}"
+        scale, steps = SCALES[self.cfg.scale], self.cfg.steps_for(source)
+        settings = {"kind": "per_task", "peft": method.peft, "steps": steps.per_task, "seed": seed,
+                    "lr": scale.per_task_lr[method.peft], "prefix_length": scale.prefix_length, "lora_rank": 8,
+                    "main_model": str(model_dir), "eval_instances": steps.eval_instances}
+        scores_file = run_dir / "eval" / "scores.json"
+        settings_file = run_dir / "per_task.json"
+        entry = self._entry(label, method.key, seed)
+        if scores_file.is_file() and settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
+            self.log(f"{label} {method.key} s{seed}: finished before, read back from {run_dir}")
+        else:
+            self.log(f"{label} {method.key} s{seed}: {steps.per_task} backprop steps per held-out task -> {run_dir}")
+            started = time.perf_counter()
+            assembled = load_final(model_dir.parent, _torch_device(self.cfg.device))
+            main = assembled.method.module
+            freeze(main)
+            tasks = load_tasks(assembled.recipe, "test")
+            records = []
+            for index, task in enumerate(tasks):
+                records += tune_and_predict(main, assembled.collator, task, method.peft, steps.per_task,
+                                            settings["lr"], 1000 * seed + index, steps.eval_instances,
+                                            max_new_tokens(source), 32, assembled.device,
+                                            prefix_length=scale.prefix_length)
+            scores = score_predictions(records)
+            atomic_write_text(run_dir / "eval" / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            atomic_write_json(scores_file, scores)
+            atomic_write_json(settings_file, settings)
+            entry["wall_s"] = time.perf_counter() - started
+        entry["run"] = str(run_dir)
+        entry["overall"] = json.loads(scores_file.read_text())["overall"]
+        self.log(f"  {_scores_line(entry['overall'])}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""))
+        self._save()
+
+
+def _scores_line(overall: dict[str, Any]) -> str:
+    return f"EM {overall['exact_match']:.2f}  ROUGE-L {overall['rougeL']:.2f}  ({overall['instances']} instances)"
+
+
+def _torch_device(name: str):
+    from ..runs import resolve_device
+
+    return resolve_device(name)
+
+
+def _device_name(name: str, torch) -> str:
+    device = _torch_device(name)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    import platform
+
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

@@ -1,0 +1,158 @@
+"""The reproduction study: the demos control, the per-task baselines, the method recipes, and a whole (very short)
+study run through benchmarks/reproduce.py, read back on a second run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hypergen.baselines import PerTaskTuner, demos_batch, tune_and_predict
+from hypergen.cli import main
+from hypergen.data.collate import Collator
+from hypergen.data.tasks import Example, Task, with_demos_of_other_tasks
+from hypergen.recipe import Data, parse_recipe
+from hypergen.reproduce import plan
+from hypergen.reproduce.plan import METHODS, Scale, StudyConfig, main_recipe, method_recipe
+from hypergen.reproduce.report import control_table, findings, mean_sd, table2
+
+from test_training import embedded_recipe, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _task(name: str, n: int = 3) -> Task:
+    return Task(name, f"definition of {name}", [Example(f"{name}-demo{i}", (f"{name}-out{i}",)) for i in range(2)],
+                [Example(f"{name}-x{i}", (f"{name}-y{i}",)) for i in range(n)], "test")
+
+
+def test_other_task_demos_rotate_demos_and_keep_instances():
+    tasks = [_task("a"), _task("b"), _task("c")]
+    swapped = with_demos_of_other_tasks(tasks)
+    assert [t.name for t in swapped] == ["a", "b", "c"]
+    assert [t.instances for t in swapped] == [t.instances for t in tasks]
+    assert [t.definition for t in swapped] == ["definition of b", "definition of c", "definition of a"]
+    assert swapped[2].positives == tasks[0].positives
+    assert tasks[0].positives[0].input == "a-demo0"  # the originals are untouched
+    with pytest.raises(ValueError, match="at least two tasks"):
+        with_demos_of_other_tasks(tasks[:1])
+
+
+def test_eval_other_demos_writes_beside_the_own_demos_scores(tmp_path):
+    run = train(tmp_path, embedded_recipe(tmp_path, steps=2), tmp_path / "run")
+    runner = CliRunner()
+    own = runner.invoke(main, ["eval", "--run", str(run), "--quiet"], catch_exceptions=False)
+    assert own.exit_code == 0, own.output
+    other = runner.invoke(main, ["eval", "--run", str(run), "--other-demos", "--quiet"], catch_exceptions=False)
+    assert other.exit_code == 0, other.output
+    assert "eval-other-demos" in other.output
+    own_scores = json.loads((run / "eval" / "scores.json").read_text())
+    other_scores = json.loads((run / "eval-other-demos" / "scores.json").read_text())
+    assert own_scores["per_task"].keys() == other_scores["per_task"].keys()
+    assert own_scores["overall"]["instances"] == other_scores["overall"]["instances"]
+    # the same queries were decoded: only the demos (hence the generated prefixes) differ
+    own_inputs = [json.loads(line)["input"] for line in (run / "eval" / "predictions.jsonl").open()]
+    other_inputs = [json.loads(line)["input"] for line in (run / "eval-other-demos" / "predictions.jsonl").open()]
+    assert own_inputs == other_inputs
+
+
+def test_per_task_tuner_learns_the_demos_and_gives_the_stock_model_back(tiny_main):
+    from transformers import ByT5Tokenizer
+
+    data = Data(source="embedded", num_positive=2, max_demo_length=32, max_input_length=16, max_target_length=8,
+                include_definition=False, demo_style="compact")
+    collator = Collator(ByT5Tokenizer(), data)
+    task = _task("t")
+    batch = demos_batch(collator, task, "cpu")
+    stock = {k: v.clone() for k, v in tiny_main.state_dict().items()}
+    for kind, lr in (("prefix", 1e-1), ("lora", 5e-2)):
+        tuner = PerTaskTuner(tiny_main, kind, lr, seed=0, prefix_length=2, lora_rank=2)
+        losses = [tuner.step(batch) for _ in range(20)]
+        assert losses[-1] < losses[0] * 0.9, (kind, losses)
+        assert tuner.trainable_parameters > 0
+        tuner.close()
+        assert tiny_main.state_dict().keys() == stock.keys()
+        assert all(torch.equal(tiny_main.state_dict()[k], v) for k, v in stock.items()), kind
+    records = tune_and_predict(tiny_main, collator, task, "prefix", 2, 1e-2, 0, 2, 4, 8, "cpu", prefix_length=2)
+    assert [r["input"] for r in records] == ["t-x0", "t-x1"] and records[0]["references"] == ["t-y0"]
+
+
+@pytest.mark.parametrize("scale", sorted(plan.SCALES))
+def test_every_method_is_a_valid_recipe_of_the_same_code(scale, tmp_path):
+    cfg = StudyConfig(data=[("embedded", None), ("sni", str(tmp_path))], scale=scale)
+    for source, path in cfg.data:
+        parse_recipe(main_recipe(cfg, source, path))
+        for method in METHODS.values():
+            if method.kind == "per_task":
+                continue
+            recipe = parse_recipe(method_recipe(cfg, method, source, path, tmp_path / "m0", seed=1))
+            assert recipe.training.seed == 1
+            if method.kind == "hypernet":
+                assert recipe.hypernetwork.generator.name == method.generator["name"]
+                assert [r.name for r in recipe.hypernetwork.regularizers] == (
+                    ["local_consistency"] if method.consistency else [])
+    hart = method_recipe(cfg, METHODS["hart_reverse"], "embedded", None, tmp_path, 0)
+    assert hart["hypernetwork"]["generator"] == {"name": "autoregressive", "reverse": True}
+
+
+def _results(values: dict[str, list[tuple[float, float]]]) -> dict:
+    """A results['runs'][data] dict: method -> seeds of (own ROUGE-L, other-demos ROUGE-L)."""
+    return {key: {str(seed): {"overall": {"exact_match": 0.0, "rougeL": own, "instances": 4},
+                              "other_demos": {"exact_match": 0.0, "rougeL": other, "instances": 4}}
+                  for seed, (own, other) in enumerate(seeds)} for key, seeds in values.items()}
+
+
+def test_report_tables_and_findings_follow_the_numbers():
+    assert mean_sd([]) == "—" and mean_sd([2.0]) == "2.00" and mean_sd([1.0, 3.0]) == "2.00 ± 1.41"
+    runs = _results({"hart": [(30.0, 10.0), (32.0, 12.0)], "hypertuning": [(35.0, 34.5), (35.0, 35.5)]})
+    lines = "\n".join(table2(runs))
+    assert "| HART | 0.00 ± 0.00 | 31.00 ± 1.41 | 2 |" in lines
+    control = "\n".join(control_table(runs))
+    assert "| HART | 31.00 ± 1.41 | 11.00 ± 1.41 | +20.00 |" in control
+    text = "\n".join(findings(runs))
+    assert "HART is below HyperTuning (31.00 vs 35.00" in text
+    assert "HART with another task's demos: ROUGE-L drops by 20.00 (it uses the demos)" in text
+    assert "HyperTuning with another task's demos: ROUGE-L rises by 0.00" not in text
+    assert "HyperTuning with another task's demos: ROUGE-L" in text and "hardly adapts" in text
+
+
+def test_study_runs_every_kind_of_method_reports_and_reads_back(tmp_path):
+    """benchmarks/reproduce.py end to end at a micro size: M0, a finetune baseline, a per-task baseline and two
+    hypernetworks, the control, the tables and the three figures; a second run retrains nothing."""
+    script = REPO / "benchmarks" / "reproduce.py"
+    micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
+             f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
+             "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
+             "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
+             "hyper_lr=1e-3, main_lr=1e-3); "
+             "plan.PROFILES['quick']['embedded'] = plan.Steps(main=4, train=4, finetune=2, per_task=2, "
+             "eval_instances=2); "
+             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    out, report = tmp_path / "runs", tmp_path / "report" / "study.md"
+    args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
+            "--report", str(report), "--methods", "hypertuning,hart,hypertuning_ar,ft_few_shot,lora"]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "tiny-quick" / "results.json").read_text())
+    runs = results["runs"]["embedded"]
+    assert set(runs) == {"main", "hypertuning", "hart", "hypertuning_ar", "ft_few_shot", "lora"}
+    for key in ("hypertuning", "hart", "ft_few_shot"):
+        assert {"overall", "other_demos", "run"} <= set(runs[key]["0"]), key
+    assert runs["lora"]["0"]["overall"]["instances"] == runs["hart"]["0"]["overall"]["instances"]
+    text = report.read_text()
+    for heading in ("Table 2 analogue", "Table 5 analogue", "Control: another task's demos", "Figure 3 analogue",
+                    "Figure 4 analogue", "Figure 1 analogue"):
+        assert heading in text
+    figures = report.parent / "study"
+    assert sorted(p.name for p in figures.glob("*.png")) == [
+        "embedded-fig1-attention.png", "embedded-fig3-autoregressive.png", "embedded-fig4-consistency.png"]
+    second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert " steps -> " not in second.stderr and second.stderr.count("finished before") == 6
+    bad = subprocess.run(args[:-1] + ["hart,bogus"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "--methods: unknown bogus" in bad.stderr
