@@ -29,7 +29,8 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
-    dist = setup_distributed(recipe.distributed, recipe_path)
+    # one process unless launched by torchrun/deepspeed (backend deepspeed: a process group of one)
+    dist = setup_distributed(recipe.distributed, recipe_path, recipe.training)
     try:
         return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist)
     finally:
@@ -69,7 +70,8 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
 
     precision = recipe.distributed.precision if recipe.distributed else "fp32"
     trainer = Trainer(assembled.method, sampler, assembled.collator, cfg, run_dir, assembled.device,
-                      evaluate_fn=periodic_eval, progress=progress, dist=dist, precision=precision)
+                      evaluate_fn=periodic_eval, progress=progress, dist=dist, precision=precision,
+                      distributed=recipe.distributed)
     if resume and trainer.resume() and dist.is_main:
         print(f"resumed {run_dir} at step {trainer.step}")
     trainer.fit()

@@ -110,30 +110,41 @@ class GradientCheckpointing(Strict):
 
 
 class Distributed(Strict):
-    """Training in several processes, one per GPU (``torchrun --nproc_per_node N`` or ``deepspeed --no_local_rank
+    """Training in several processes, one per GPU (``torchrun --nproc_per_node N``, or ``deepspeed --no_local_rank
     --num_gpus N``).
 
     Each process samples its own tasks (seed + rank) and runs ``batch_size / (micro_batch_size x world size)``
     micro-batches per step; the gradients are averaged over the processes, so the step sees ``batch_size``
     examples whatever the world size. Rank 0 alone writes logs, checkpoints and the final weights. Launched as a
-    single process, a recipe with this section trains as without it (precision still applies)."""
+    single process, a recipe with this section trains as without it (precision still applies; ``deepspeed`` runs
+    its engine in a one-process group).
+
+    ``backend: "deepspeed"`` hands the step to a DeepSpeed engine (hypergen/training/deepspeed_engine.py): ZeRO
+    stage 1, 2 or 3 partitions the optimizer state (1), also the gradients (2), also the weights (3) over the
+    processes; the optimizer is still hypergen's (AdamW or 8-bit Adam, as DeepSpeed's client optimizer)."""
 
     backend: Literal["ddp", "deepspeed"] = Field(
         "ddp", description="ddp: torch.distributed, gradients all-reduced (nccl on GPU, gloo on CPU); deepspeed: "
-        "not available in this version (refused with a message)")
-    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 with ddp)")
+        "a DeepSpeed engine with ZeRO (zero_stage 1-3), hypergen's optimizer as its client optimizer")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 1-3 with deepspeed, 0 with ddp")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: forward and backward under bfloat16 autocast; weights and optimizer stay fp32")
-    offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state in CPU memory")
+        "fp32", description="bf16: forward and backward under bfloat16 autocast; the trained weights and the "
+        "optimizer stay fp32 (deepspeed: bf16 module copies, fp32 master weights in the optimizer)")
+    offload_optimizer: bool = Field(
+        False, description="deepspeed: optimizer state and step in CPU memory (ZeRO-Offload); needs optimizer "
+        "'adamw' (run as DeepSpeedCPUAdam)")
     world_size: int | None = Field(
         None, ge=1, description="the number of processes the recipe was sized for (the paper: 8 GPUs); a "
         "multi-process launch with another number warns; the global batch_size is kept either way")
 
     @model_validator(mode="after")
-    def _ddp_plain(self) -> "Distributed":
+    def _stages(self) -> "Distributed":
         if self.backend == "ddp" and (self.zero_stage or self.offload_optimizer):
             raise ValueError("zero_stage and offload_optimizer need backend 'deepspeed'; with 'ddp' set zero_stage "
                              "0 and offload_optimizer false")
+        if self.backend == "deepspeed" and not self.zero_stage:
+            raise ValueError("zero_stage: backend 'deepspeed' needs ZeRO stage 1, 2 or 3 (stage 0, plain data "
+                             "parallelism, is backend 'ddp')")
         return self
 
 

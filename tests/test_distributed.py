@@ -1,13 +1,17 @@
-"""Gradient checkpointing (same losses and gradients) and multi-process training (2 CPU processes, gloo).
+"""Gradient checkpointing (same losses and gradients) and multi-process training (2 CPU processes, gloo), with
+the ``ddp`` backend and the DeepSpeed engine (``backend: "deepspeed"``, ZeRO-1/2/3).
 
 The two-process tests launch ``python -m torch.distributed.run --standalone --nproc_per_node 2 -m hypergen.cli
 train ...``; they take some tens of seconds and are marked ``distributed`` (deselect with ``-m "not
-distributed"``).
+distributed"``). The DeepSpeed tests need the ``scale`` extra (deepspeed) and are skipped without it; the first
+DeepSpeed engine on a machine compiles a small op (about 90 s on 2 CPU cores) into the repository's
+``.cache/torch_extensions``, reused afterwards.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import random
@@ -28,9 +32,27 @@ from hypergen.runs import assemble, load_tasks
 from hypergen.training.checkpoint import list_checkpoints
 from hypergen.training.checkpointing import enable_gradient_checkpointing
 from hypergen.training.distributed import accumulation_steps, setup
+from hypergen.training.methods import HypernetMethod
 from hypergen.training.trainer import Trainer
 
 from test_training import embedded_recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed is not installed (pip install 'hypergen[scale]')")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_extensions_once():
+    """DeepSpeed's compiled ops go to the repository's .cache/torch_extensions, for every test and process of the
+    session: built once (about 90 s), then loaded."""
+    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(REPO, ".cache", "torch_extensions")
+    yield
+    if previous is None:
+        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
+    else:
+        os.environ["TORCH_EXTENSIONS_DIR"] = previous
 
 
 def plain_recipe(tmp_path, steps=4) -> dict:
@@ -108,9 +130,9 @@ def test_distributed_section_is_validated(tmp_path, monkeypatch):
     data["distributed"] = {"backend": "ddp", "zero_stage": 2}
     with pytest.raises(RecipeError, match="zero_stage"):
         parse_recipe(data)
-    data["distributed"] = {"backend": "deepspeed", "zero_stage": 2, "precision": "bf16"}
-    with pytest.raises(RecipeError, match="deepspeed"):
-        setup(parse_recipe(data).distributed)
+    data["distributed"] = {"backend": "deepspeed"}  # ZeRO stage 0 is plain data parallelism: backend ddp
+    with pytest.raises(RecipeError, match="zero_stage"):
+        parse_recipe(data)
     assert accumulation_steps(256, 8, 8) == 4 and accumulation_steps(8, 2, 1) == 4
     with pytest.raises(HypergenError, match="multiple of micro_batch_size x processes"):
         accumulation_steps(8, 2, 3)
@@ -131,6 +153,74 @@ def test_single_process_with_distributed_section_and_bf16(tmp_path):
     assert result.exit_code == 0, result.output
     losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(isinstance(v, float) for v in losses)
+
+
+@needs_deepspeed
+def test_deepspeed_config_from_the_recipe(tmp_path):
+    from hypergen.training.deepspeed_engine import engine_config
+
+    data = plain_recipe(tmp_path)
+    data["training"]["optimizer"] = "adam8bit"
+    data["distributed"] = {"backend": "deepspeed", "zero_stage": 2, "precision": "bf16", "offload_optimizer": True}
+    recipe = parse_recipe(data)
+    with pytest.raises(RecipeError, match="distributed.offload_optimizer"):  # before anything is loaded
+        setup(recipe.distributed, "r.json", recipe.training)
+    config = engine_config(recipe.distributed, recipe.training, world_size=2, accumulation=2)
+    assert config["train_batch_size"] == 8 and config["train_micro_batch_size_per_gpu"] == 2
+    assert config["gradient_accumulation_steps"] == 2 and config["gradient_clipping"] == 1.0
+    assert config["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    assert config["bf16"]["enabled"] and config["bf16"]["check_grad_overflow"]
+
+
+@needs_deepspeed
+def test_deepspeed_in_one_process_skips_nonfinite_like_plain_training(tmp_path, monkeypatch):
+    """``hypergen train`` without a launcher runs the engine in a process group of one (ZeRO-2 here). A NaN loss at
+    step 2 and a NaN gradient at step 3 are skipped exactly as without DeepSpeed (same losses before and after:
+    the skipped steps left weights, optimizer state and schedule alone); on_nonfinite 'stop' stops."""
+    original = HypernetMethod.loss
+
+    def poisoned(self, batch, step):
+        loss, parts = original(self, batch, step)
+        if step == 1:
+            return loss * float("nan"), parts
+        if step == 2:  # finite loss (0 added) whose gradient is NaN
+            return loss + torch.sqrt((next(self.module.parameters()) * 0).sum()), parts
+        return loss, parts
+
+    monkeypatch.setattr(HypernetMethod, "loss", poisoned)
+    data = plain_recipe(tmp_path)
+    names = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    environment = {name: os.environ.get(name) for name in names}
+    runs = {}
+    for name, section in (("plain", None), ("deepspeed", {"backend": "deepspeed", "zero_stage": 2})):
+        if section:
+            data["distributed"] = section
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        runs[name] = tmp_path / name
+        result = CliRunner().invoke(main, ["train", str(path), "-o", str(runs[name]), "--quiet", "--no-eval"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    # the process group of one is gone, and the environment is as it was
+    assert not torch.distributed.is_initialized()
+    assert {name: os.environ.get(name) for name in names} == environment
+    records = {k: [json.loads(x) for x in (v / "metrics.jsonl").read_text().splitlines()] for k, v in runs.items()}
+    losses_ds, losses_plain = ([r["loss"] for r in records[k]] for k in ("deepspeed", "plain"))
+    assert losses_ds[1] is None and losses_ds[2] is None and losses_plain[1] is None and losses_plain[2] is None
+    assert [losses_ds[0], losses_ds[3]] == pytest.approx([losses_plain[0], losses_plain[3]], rel=1e-6)
+    assert "non-finite loss" in records["deepspeed"][1]["skipped"]
+    assert "non-finite gradient" in records["deepspeed"][2]["skipped"]
+    assert [r["lr"] for r in records["deepspeed"]] == [r["lr"] for r in records["plain"]]  # skipped steps count
+    weights = load_file(str(runs["deepspeed"] / "hypernetwork.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+    data["training"]["on_nonfinite"] = "stop"
+    path = tmp_path / "stop.json"
+    path.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "stop"), "--quiet", "--no-eval"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: step 2: non-finite loss (nan); stopped (training.on_nonfinite is 'stop')")
+    assert not list_checkpoints(tmp_path / "stop")
 
 
 # -- two processes -------------------------------------------------------------------------------------------------
@@ -171,16 +261,11 @@ class RankInterleaved:
         return sampler.next_batch(num_tasks)
 
 
-@pytest.mark.distributed
-def test_two_processes_match_one_process_on_the_same_examples(two_process_run):
-    """Two gloo processes (2 micro-batches of 2 examples each per step) against one process that runs the same 4
-    micro-batches per step (rank 0's then rank 1's, from samplers seeded seed+0 and seed+1).
-
-    Tolerance 1e-5 relative on the losses and 1e-4 absolute on the weights: the gradients are the same sums in a
-    different order (per-process means, then the all-reduce), so they differ in the last float32 bits, and four
-    Adam steps carry that along; anything else (wrong scaling, wrong examples, missing all-reduce) moves the
-    losses by far more than that."""
-    tmp_path, data, _, run = two_process_run
+@pytest.fixture(scope="module")
+def one_process_reference(two_process_run):
+    """One process that runs, per step, the 4 micro-batches the two processes run together (rank 0's then rank
+    1's, from samplers seeded seed+0 and seed+1): its losses and final weights."""
+    tmp_path, data, _, _ = two_process_run
     recipe = parse_recipe({k: v for k, v in data.items() if k != "distributed"})
     random.seed(recipe.training.seed)
     torch.manual_seed(recipe.training.seed)
@@ -191,10 +276,23 @@ def test_two_processes_match_one_process_on_the_same_examples(two_process_run):
     cfg = recipe.training.model_copy(update={"checkpoint_every": None})
     history = Trainer(assembled.method, sampler, assembled.collator, cfg, tmp_path / "reference",
                       torch.device("cpu"), progress=False).fit()
-    single = [h["loss"] for h in history]
+    return [h["loss"] for h in history], assembled.method.module.state_dict()
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one_process_on_the_same_examples(two_process_run, one_process_reference):
+    """Two gloo processes (2 micro-batches of 2 examples each per step) against one process that runs the same 4
+    micro-batches per step.
+
+    Tolerance 1e-5 relative on the losses and 1e-4 absolute on the weights: the gradients are the same sums in a
+    different order (per-process means, then the all-reduce), so they differ in the last float32 bits, and four
+    Adam steps carry that along; anything else (wrong scaling, wrong examples, missing all-reduce) moves the
+    losses by far more than that."""
+    _, _, _, run = two_process_run
+    single, reference = one_process_reference
     assert losses(run) == pytest.approx(single, rel=1e-5)
     final = load_file(str(run / "hypernetwork.safetensors"))
-    for name, value in assembled.method.module.state_dict().items():
+    for name, value in reference.items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-4, msg=name)
     # the run trained in two processes evaluates in one
     result = CliRunner().invoke(main, ["eval", "--run", str(run), "--max-instances", "1"], catch_exceptions=False)
@@ -216,3 +314,82 @@ def test_two_process_run_resumes_from_its_checkpoint(two_process_run):
     a, b = load_file(str(run / "hypernetwork.safetensors")), load_file(str(cut / "hypernetwork.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+# -- two processes, DeepSpeed ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deepspeed_run(two_process_run):
+    """The two-process run of ``two_process_run``'s recipe through the DeepSpeed engine, ZeRO-2 (fp32, AdamW)."""
+    tmp_path, data, _, _ = two_process_run
+    data = {**data, "distributed": {"backend": "deepspeed", "zero_stage": 2}}
+    path = tmp_path / "deepspeed.json"
+    path.write_text(json.dumps(data))
+    torchrun_train(path, tmp_path / "deepspeed")
+    return tmp_path, data, path, tmp_path / "deepspeed"
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+def test_deepspeed_zero2_matches_one_process_on_the_same_examples(deepspeed_run, one_process_reference):
+    """ZeRO-2 in two processes against the same one-process reference as ddp, with ddp's tolerance: 1e-5 relative
+    on the losses, 1e-4 absolute on the weights. The engine sums the same gradients in yet another order (each
+    process's micro-batches accumulated, then a reduce-scatter of flat buckets, the norm over partitions), which
+    moves the last float32 bits only (observed: losses equal to 1e-7, weights to 1e-6); a wrong scaling by the
+    accumulation steps or the processes, a missing reduction or other examples move them by 1e-2 and more."""
+    _, _, _, run = deepspeed_run
+    single, reference = one_process_reference
+    assert losses(run) == pytest.approx(single, rel=1e-5)
+    final = load_file(str(run / "hypernetwork.safetensors"))
+    assert final.keys() == reference.keys()
+    for name, value in reference.items():
+        assert final[name].dtype == torch.float32
+        torch.testing.assert_close(final[name], value, rtol=0, atol=1e-4, msg=name)
+    checkpoint = list_checkpoints(run)[-1]  # hypergen's files (full weights) plus the engine's, in one manifest
+    manifest = json.loads((checkpoint / "manifest.json").read_text())["files"]
+    assert {"model.safetensors", "optimizer.json", "state.json"} <= manifest.keys()
+    assert any(name.startswith("deepspeed/engine/zero_pp_rank_1") for name in manifest)
+    assert load_file(str(checkpoint / "model.safetensors")).keys() == reference.keys()
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+def test_deepspeed_run_resumes_from_its_checkpoint(deepspeed_run):
+    """Cut after the step-2 checkpoint, resumed with --resume: the engine's optimizer partitions and schedule come
+    back with engine.load_checkpoint, hypergen's sampler and RNG states as always: exactly the same run."""
+    tmp_path, _, path, run = deepspeed_run
+    cut = tmp_path / "deepspeed-cut"
+    shutil.copytree(run, cut, ignore=shutil.ignore_patterns("eval"))
+    (cut / "hypernetwork.safetensors").unlink()
+    assert [folder.name for folder in list_checkpoints(cut)] == ["step-00000002"]
+    torchrun_train(path, cut, "--resume")
+    assert losses(cut) == losses(run)
+    a, b = load_file(str(run / "hypernetwork.safetensors")), load_file(str(cut / "hypernetwork.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@needs_deepspeed
+@pytest.mark.distributed
+def test_deepspeed_zero3_bf16_adam8bit_weights_load_in_one_process(deepspeed_run, one_process_reference):
+    """ZeRO-3 (weights partitioned over the two processes), bf16 and 8-bit Adam as the engine's client optimizer:
+    hypernetwork.safetensors and the checkpoint hold the full fp32 weights (gathered), which `hypergen eval`
+    loads in one process. Losses within 1e-2 relative of the fp32 AdamW reference: bf16 rounding and 8-bit
+    optimizer state (observed: 1e-3); an untrained or diverging run would be off by more."""
+    tmp_path, data, _, _ = deepspeed_run
+    data = copy.deepcopy(data)
+    data["distributed"] = {"backend": "deepspeed", "zero_stage": 3, "precision": "bf16"}
+    data["training"]["optimizer"] = "adam8bit"
+    path = tmp_path / "zero3.json"
+    path.write_text(json.dumps(data))
+    run = tmp_path / "zero3"
+    torchrun_train(path, run)
+    single, reference = one_process_reference
+    assert losses(run) == pytest.approx(single, rel=1e-2)
+    for weights in (run / "hypernetwork.safetensors", list_checkpoints(run)[-1] / "model.safetensors"):
+        loaded = load_file(str(weights))
+        assert loaded.keys() == reference.keys()
+        for name, value in reference.items():
+            assert loaded[name].shape == value.shape and loaded[name].dtype == torch.float32, name
+    result = CliRunner().invoke(main, ["eval", "--run", str(run), "--max-instances", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "eval" / "scores.json").read_text())["overall"]["instances"] > 0

@@ -5,10 +5,15 @@ SHA-256 checksums so that a truncated or corrupted checkpoint is refused and the
         model.safetensors            trainable weights
         optimizer.{json,safetensors} optimizer and schedule state
         state.{json,safetensors}     step, sampler, regularizers, RNG states
-        manifest.json                {file: sha256}, written last
+        deepspeed/engine/...         only with distributed.backend "deepspeed": the engine's own files
+        manifest.json                {file (relative path): sha256}, written last
 
 A process killed during a save leaves only ``checkpoints/.step-*.tmp``: it is never loaded, and the next save or
-resume removes it (:func:`remove_partial_checkpoints`). Only tensors (safetensors) and JSON are stored; no pickle.
+resume removes it (:func:`remove_partial_checkpoints`). hypergen stores only tensors (safetensors) and JSON; no
+pickle. The one exception is the DeepSpeed engine's folder, written by ``engine.save_checkpoint`` (torch.save
+files: its optimizer partitions, one per process, and schedule); several processes write into the temporary
+folder (:func:`begin_checkpoint` makes it, every process writes, then :func:`finish_checkpoint` on rank 0 adds
+hypergen's files and the manifest, which covers the engine's files too, and renames it into place).
 """
 
 from __future__ import annotations
@@ -33,17 +38,38 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], optimizer: Any, state: Any,
                     keep: int) -> Path:
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    """Write step ``step``'s checkpoint in one process: :func:`begin_checkpoint`, then :func:`finish_checkpoint`."""
+    begin_checkpoint(run_dir, step)
+    return finish_checkpoint(run_dir, step, model_state, optimizer, state, keep)
+
+
+def temporary_checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where step ``step``'s checkpoint is written before it is complete."""
+    return checkpoint_dir(run_dir) / f".step-{step:08d}.tmp"
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """Make the (empty) temporary folder of step ``step``'s checkpoint, after removing what killed saves left."""
+    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
     remove_partial_checkpoints(run_dir)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp"
+    tmp = temporary_checkpoint_dir(run_dir, step)
     tmp.mkdir()
+    return tmp
+
+
+def finish_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], optimizer: Any, state: Any,
+                      keep: int) -> Path:
+    """Add hypergen's files and the manifest (of every file in the folder, sub-folders included) to the temporary
+    folder :func:`begin_checkpoint` made, rename it into place and keep the newest ``keep`` checkpoints."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"step-{step:08d}"
+    tmp = temporary_checkpoint_dir(run_dir, step)
     atomic_save_tensors(tmp / "model.safetensors", model_state)
     save_tree(tmp, "optimizer", optimizer)
     maybe_kill("during_checkpoint", step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
     save_tree(tmp, "state", state)
-    manifest = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
+    files = sorted(f for f in tmp.rglob("*") if f.is_file())
+    manifest = {f.relative_to(tmp).as_posix(): sha256(f) for f in files}
     atomic_write_json(tmp / "manifest.json", {"step": step, "files": manifest})
     if final.exists():
         shutil.rmtree(final)

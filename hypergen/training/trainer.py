@@ -14,7 +14,13 @@ Several processes (``dist``, from the recipe's ``distributed`` section): each dr
 (its sampler is seeded with seed + rank), the gradients are averaged over the processes before clipping and the
 step, so every process holds the same weights and optimizer state; the logged loss is the mean over processes.
 Rank 0 alone logs and writes checkpoints; a checkpoint holds every process's sampler, RNG and regularizer states
-(gathered), so a run resumes with the same number of processes exactly where it stopped."""
+(gathered), so a run resumes with the same number of processes exactly where it stopped.
+
+The backward pass and the update belong to a backend: :class:`TorchBackend` (one process, or ``ddp``: hypergen's
+optimizer, gradients all-reduced here) or, with ``distributed.backend: "deepspeed"``, the DeepSpeed engine
+(:mod:`.deepspeed_engine`). The loop is the same for both: ``forward`` (the loss), ``backward_if_finite`` (checks
+the loss first), ``step`` (the update, or its skip), and ``full_weights`` / ``save`` / ``load`` / ``finish`` for
+checkpoints and the final weights."""
 
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ from ..data.collate import Collator
 from ..data.sampling import TaskSampler
 from ..errors import HypergenError
 from ..io import atomic_write_text
-from .checkpoint import list_checkpoints, load_latest_checkpoint, remove_partial_checkpoints, save_checkpoint
-from .distributed import SINGLE, Dist, accumulation_steps
+from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_latest_checkpoint,
+                         remove_partial_checkpoints, temporary_checkpoint_dir)
+from .distributed import SINGLE, Dist, accumulation_steps, collective_device
 from .faults import fault_requested, maybe_kill
 from .optim import linear_schedule, make_optimizer
 
@@ -44,7 +51,10 @@ from .optim import linear_schedule, make_optimizer
 class Trainer:
     def __init__(self, method, sampler: TaskSampler, collator: Collator, cfg, run_dir: Path, device,
                  evaluate_fn: Callable[[], dict[str, Any]] | None = None, progress: bool = True,
-                 dist: Dist = SINGLE, precision: str = "fp32") -> None:
+                 dist: Dist = SINGLE, precision: str = "fp32", distributed=None) -> None:
+        """``distributed``: the recipe's section (None: one process or ddp, per ``dist``); its backend
+        "deepspeed" trains through a DeepSpeed engine. ``precision`` "bf16": forward and backward under bfloat16
+        autocast."""
         self.method = method
         self.sampler = sampler
         self.collator = collator
@@ -55,17 +65,18 @@ class Trainer:
         self.dist = dist
         self.progress = progress and dist.is_main
         self.autocast = precision == "bf16"
-        self.optimizer = make_optimizer(method.module.parameters(), cfg)
-        self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
         self.accumulation = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, dist.world_size)
+        if distributed is not None and distributed.backend == "deepspeed":
+            from .deepspeed_engine import DeepSpeedBackend
+
+            self.backend = DeepSpeedBackend(method, cfg, distributed, dist, self.accumulation)
+        else:
+            self.backend = TorchBackend(method, cfg, dist, self.accumulation)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
         self.step = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # -- state -------------------------------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.method.module.state_dict().items()}
-
     def _state(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -85,17 +96,25 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every process must call this); None on the other ranks."""
         state = self._full_state()
+        weights = self.backend.full_weights()  # on rank 0; gathered from every process under DeepSpeed
+        bad = nonfinite_tensors(weights) if self.dist.is_main else []
+        if self.dist.any(bool(bad)):  # every process stops here, before anything is written
+            raise HypergenError(f"step {self.step}: weights {', '.join(bad[:3]) or 'of rank 0'} hold NaN or "
+                                "infinite values; refusing to write a checkpoint of them")
+        if self.backend.writes_own_state:  # the engine's files go into the same temporary folder
+            if self.dist.is_main:
+                begin_checkpoint(self.run_dir, self.step)
+            self.dist.barrier()
+            self.backend.save(temporary_checkpoint_dir(self.run_dir, self.step))
+            self.dist.barrier()
         if not self.dist.is_main:
             self.dist.barrier()
             return None
         try:
-            bad = nonfinite_tensors(self.trainable_state())
-            if bad:
-                raise HypergenError(f"step {self.step}: weights {', '.join(bad[:3])} hold NaN or infinite values; "
-                                    "refusing to write a checkpoint of them")
-            optimizer = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-            return save_checkpoint(self.run_dir, self.step, self.trainable_state(), optimizer, state,
-                                   self.cfg.keep_checkpoints)
+            if not self.backend.writes_own_state:
+                begin_checkpoint(self.run_dir, self.step)
+            return finish_checkpoint(self.run_dir, self.step, weights, self.backend.optimizer_state(), state,
+                                     self.cfg.keep_checkpoints)
         finally:
             self.dist.barrier()
 
@@ -125,9 +144,7 @@ class Trainer:
                                 f"same number (this launch has {self.dist.world_size})")
         if self.dist.active:
             state = {**state["ranks"][self.dist.rank], "step": state["step"]}
-        self.method.module.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer["optimizer"])
-        self.scheduler.load_state_dict(optimizer["scheduler"])
+        self.backend.load(folder, model_state, optimizer)
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
         for regularizer, reg_state in zip(self.method.regularizers, state["regularizers"]):
@@ -165,44 +182,33 @@ class Trainer:
         examples, started = 0, time.perf_counter()
         while self.step < cfg.steps:
             self.method.train()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.backend.zero_grad()
             parts_sum: dict[str, Any] = {}
             regularizer_states = [copy.deepcopy(r.state_dict()) for r in self.method.regularizers]
             problem = None
-            for _ in range(self.accumulation):
+            for micro in range(self.accumulation):
                 batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
                                       demos_in_input=self.method.train_demos_in_input).to(self.device)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext():
+                with self._autocast(), self.backend.forward():
                     loss, parts = self.method.loss(batch, self.step)
-                if not torch.isfinite(loss):
-                    problem = f"non-finite loss ({loss.item()})"
+                problem = self.backend.backward_if_finite(loss, last=micro == self.accumulation - 1)
+                if problem is not None:
                     break
-                (loss / self.accumulation).backward()
                 examples += batch.num_examples * self.dist.world_size
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
-            if self.dist.active:  # one process's non-finite loss stops the update on all of them
-                if self.dist.any(problem is not None) and problem is None:
-                    problem = "non-finite loss in another process"
-                if problem is None:
-                    self._average_over_processes(parts_sum)
-            if problem is None:
-                norm = self._grad_norm()
-                if not torch.isfinite(norm):
-                    problem = f"non-finite gradient norm ({norm.item()})"
+            problem = self.backend.step(problem)  # the update, unless something was non-finite (then skipped)
             if problem is not None:
                 if cfg.on_nonfinite == "stop":
                     raise HypergenError(
                         f"step {self.step + 1}: {problem}; stopped (training.on_nonfinite is 'stop'); the weights "
                         f"were not updated and nothing after step {self.step} was checkpointed")
                 bar.write(f"step {self.step + 1}: {problem}, update skipped")
-                self.optimizer.zero_grad(set_to_none=True)
                 for regularizer, reg_state in zip(self.method.regularizers, regularizer_states):
                     regularizer.load_state_dict(reg_state)  # this step's states never happened
                 parts_sum = {"loss": None, "skipped": problem}
             else:
-                self.optimizer.step()
-            self.scheduler.step()
+                self._average_parts(parts_sum)
             self.step += 1
             for k, v in parts_sum.items():
                 if not isinstance(v, float):
@@ -211,9 +217,11 @@ class Trainer:
             rate = examples / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in window.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
             bar.update(1)
-            record = {"step": self.step, **parts_sum, "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate}
-            if self.evaluate_fn and cfg.eval_every and self.step % cfg.eval_every == 0 and self.dist.is_main:
-                record["eval"] = self.evaluate_fn()["overall"]
+            record = {"step": self.step, **parts_sum, "lr": self.backend.lr(), "examples_per_s": rate}
+            if (self.evaluate_fn and cfg.eval_every and self.step % cfg.eval_every == 0
+                    and (self.dist.is_main or self.backend.evaluate_on_every_rank)):
+                with self.backend.eval_context():
+                    record["eval"] = self.evaluate_fn()["overall"]
                 bar.write(f"step {self.step}: eval {record['eval']}")
             history.append(record)
             if self.dist.is_main and (self.step % cfg.log_every == 0 or "eval" in record or self.step == cfg.steps):
@@ -222,28 +230,20 @@ class Trainer:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
         bar.close()
+        self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
 
-    def _average_over_processes(self, parts_sum: dict[str, Any]) -> None:
-        """Average the gradients (and the logged loss parts) over the processes: one all-reduce each."""
-        params = [p for p in self.method.module.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # unused here: every process must all-reduce the same tensors
-                p.grad = torch.zeros_like(p)
-        self.dist.all_reduce_mean_([p.grad for p in params])
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+
+    def _average_parts(self, parts_sum: dict[str, Any]) -> None:
+        """The logged loss parts, averaged over the processes (one all-reduce)."""
+        if not self.dist.active:
+            return
         keys = sorted(k for k, v in parts_sum.items() if isinstance(v, float))
-        values = torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64)
+        values = torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64, device=collective_device())
         self.dist.all_reduce_mean_([values])
         parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
-
-    def _grad_norm(self) -> torch.Tensor:
-        """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""
-        params = [p for p in self.method.module.parameters() if p.grad is not None]
-        if not params:
-            return torch.zeros(())
-        if self.cfg.max_grad_norm:
-            return torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
 
     def _log(self, record: dict[str, Any]) -> None:
         """Append one line with one write and a flush, so a kill leaves at most one partial last line."""
@@ -256,6 +256,90 @@ class Trainer:
                 maybe_kill("during_log", self.step)
             handle.write(line)
             handle.flush()
+
+
+class TorchBackend:
+    """hypergen's own update: the optimizer (AdamW or 8-bit Adam) and linear schedule, in one process or with the
+    gradients all-reduced over the processes (``ddp``) before clipping and the step."""
+
+    name = "torch"
+    writes_own_state = False
+    evaluate_on_every_rank = False
+
+    def __init__(self, method, cfg, dist: Dist, accumulation: int) -> None:
+        self.method, self.cfg, self.dist, self.accumulation = method, cfg, dist, accumulation
+        self.optimizer = make_optimizer(method.module.parameters(), cfg)
+        self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
+
+    def forward(self):
+        return nullcontext()
+
+    def eval_context(self):
+        return nullcontext()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward_if_finite(self, loss: torch.Tensor, last: bool) -> str | None:
+        if not torch.isfinite(loss):
+            return f"non-finite loss ({loss.item()})"
+        (loss / self.accumulation).backward()
+        return None
+
+    def step(self, problem: str | None) -> str | None:
+        if self.dist.active:  # one process's non-finite loss stops the update on all of them
+            if self.dist.any(problem is not None) and problem is None:
+                problem = "non-finite loss in another process"
+            if problem is None:
+                self._average_gradients()
+        if problem is None:
+            norm = self._grad_norm()
+            if not torch.isfinite(norm):
+                problem = f"non-finite gradient norm ({norm.item()})"
+        if problem is None:
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # a skipped update still counts as a step
+        return problem
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def _average_gradients(self) -> None:
+        """Average the gradients over the processes: one all-reduce."""
+        params = [p for p in self.method.module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # unused here: every process must all-reduce the same tensors
+                p.grad = torch.zeros_like(p)
+        self.dist.all_reduce_mean_([p.grad for p in params])
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""
+        params = [p for p in self.method.module.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        if self.cfg.max_grad_norm:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        return dict(self.method.module.state_dict())
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load(self, folder: Path, model_state: dict[str, torch.Tensor], optimizer: Any) -> None:
+        if not isinstance(optimizer, dict) or "optimizer" not in optimizer:
+            raise HypergenError(f"{folder}: written by a run with distributed.backend "
+                                f"'{optimizer.get('backend') if isinstance(optimizer, dict) else '?'}'; resume it "
+                                "with the backend that wrote it")
+        self.method.module.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer["optimizer"])
+        self.scheduler.load_state_dict(optimizer["scheduler"])
+
+    def finish(self) -> None:
+        """Nothing to do: the module holds the trained weights."""
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
