@@ -61,12 +61,15 @@ def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str |
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Markdown report (default: benchmarks/results/reproduce/<scale>-<profile>.md).")
 @click.option("--fresh", is_flag=True, help="Retrain runs whose folders hold other settings.")
+@click.option("--report-only", is_flag=True, help="Train nothing: write the report from what results.json holds so "
+              "far (e.g. while a long study still runs).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 def main(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh,
-         debug) -> None:
+         report_only, debug) -> None:
     """Train and evaluate every method of the comparison on held-out tasks; write tables and figures."""
     try:
-        run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh)
+        run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh,
+            report_only)
     except HypergenError as exc:
         if debug:
             raise
@@ -75,7 +78,7 @@ def main(data, seeds, steps, main_steps, task_steps, quick, scale, device, metho
 
 
 def run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report,
-        fresh) -> None:
+        fresh, report_only=False) -> None:
     from hypergen.reproduce.report import write_report
     from hypergen.reproduce.study import Study
 
@@ -95,6 +98,13 @@ def run(data, seeds, steps, main_steps, task_steps, quick, scale, device, method
     hf_logging.disable_progress_bar()  # no "Loading weights" bar per run
     started = time.perf_counter()
     study = Study(cfg, log=lambda m: click.echo(m, err=True), fresh=fresh)
+    if report_only:
+        if not study.results_path.is_file():
+            raise HypergenError(f"--report-only: {study.results_path} does not exist (run the study first)")
+        import json
+
+        click.echo(f"report written to {write_report(json.loads(study.results_path.read_text()), report_path)}")
+        return
     try:
         study.run()
     finally:  # a failed or interrupted study still reports what it finished

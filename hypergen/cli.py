@@ -48,6 +48,9 @@ def _training_command(function):
         click.option("--overwrite", is_flag=True, help="Replace an existing run in --output."),
         click.option("--no-eval", is_flag=True, help="Skip the held-out evaluation after training."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
+        # the `deepspeed` launcher passes --local_rank=N unless given --no_local_rank; the rank is read from the
+        # LOCAL_RANK variable it also sets, so the option is accepted and ignored
+        click.option("--local_rank", "--local-rank", type=int, hidden=True, expose_value=False),
     ]):
         function = decorator(function)
     return main.command()(function)

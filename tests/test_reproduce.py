@@ -154,5 +154,9 @@ def test_study_runs_every_kind_of_method_reports_and_reads_back(tmp_path):
     second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert " steps -> " not in second.stderr and second.stderr.count("finished before") == 6
+    report.unlink()
+    again = subprocess.run(args + ["--report-only"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert " steps -> " not in again.stderr and "Table 2 analogue" in report.read_text()
     bad = subprocess.run(args[:-1] + ["hart,bogus"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "--methods: unknown bogus" in bad.stderr

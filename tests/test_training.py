@@ -126,3 +126,9 @@ def test_linear_schedule_warms_up_then_decays():
         optimizer.step()
         schedule.step()
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_the_deepspeed_launchers_local_rank_argument_is_accepted(tmp_path):
+    """`deepspeed --num_gpus N $(which hypergen) train R` appends --local_rank=N; the rank comes from LOCAL_RANK."""
+    run = train(tmp_path, embedded_recipe(tmp_path, steps=1), tmp_path / "run", "--local_rank=0")
+    assert (run / "hypernetwork.safetensors").is_file()

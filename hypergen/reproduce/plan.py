@@ -118,8 +118,8 @@ def max_new_tokens(source: str) -> int:
 
 # (scale, profile) -> steps per data source; "sni" steps are fewer: its sequences are ~5x longer
 PROFILES: dict[str, dict[str, Steps]] = {
-    "full": {"embedded": Steps(main=2000, train=1500, finetune=500, per_task=50, eval_instances=16),
-             "sni": Steps(main=800, train=400, finetune=200, per_task=50, eval_instances=20)},
+    "full": {"embedded": Steps(main=2000, train=1500, finetune=300, per_task=50, eval_instances=16),
+             "sni": Steps(main=600, train=300, finetune=150, per_task=50, eval_instances=20)},
     "quick": {"embedded": Steps(main=500, train=300, finetune=100, per_task=20, eval_instances=8),
               "sni": Steps(main=150, train=100, finetune=50, per_task=10, eval_instances=8)},
 }

@@ -88,9 +88,11 @@ def findings(runs: dict[str, Any]) -> list[str]:
     baselines = [k for k in ("prefix_tuning", "lora", "ft_zero_shot", "ft_few_shot") if not math.isnan(rl[k])]
     if hypernets and baselines:
         best = max(hypernets, key=rl.get)
-        beaten = [METHODS[k].label for k in baselines if rl[k] < rl[best]]
-        out.append(f"- The best hypernetwork ({METHODS[best].label}) is above: {', '.join(beaten) or 'none'} "
-                   "of the baselines.")
+        above = [METHODS[k].label for k in baselines if rl[k] < rl[best]]
+        below = [METHODS[k].label for k in baselines if rl[k] >= rl[best]]
+        out.append(f"- The best hypernetwork ({METHODS[best].label}, {rl[best]:.2f}) is above "
+                   f"{', '.join(above) or 'none of the baselines'}" + (f" and not above {', '.join(below)}." if below
+                                                                         else "."))
     for key in CONTROL:
         own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", "other_demos")
         if own and other:
