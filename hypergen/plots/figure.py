@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,14 @@ def pyplot() -> Any:
 
 
 def save_png(fig: Any, path: Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as a PNG at ``path``: to a temporary file in the same folder, then ``os.replace``; closes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Save ``fig`` as a PNG at ``path``, atomically (rendered in memory, then written beside it and renamed);
+    closes it."""
+    from ..io import atomic_write_bytes  # here: hypergen.io imports torch, this package does not
+
+    buffer = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buffer, format="png", dpi=dpi)
     finally:
         pyplot().close(fig)
-    return path
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
