@@ -49,6 +49,9 @@ def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str |
 @click.option("--main-steps", type=click.IntRange(min=1), help="Steps of the main model M0 (default: the profile's).")
 @click.option("--task-steps", type=click.IntRange(min=1), help="Per-task Prefix-Tuning / LoRA steps (default: the "
               "profile's).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), help="Local consistency weight of the "
+              "methods that have it (default: the scale's, 1; the paper selects from 1, 5, 10, 20). Use another "
+              "--out per value.")
 @click.option("--quick", is_flag=True, help="Fewer steps and instances, one seed, embedded only: a check that "
               "everything runs (under 15 min on a 2-core CPU), not a result.")
 @click.option("--scale", type=click.Choice(sorted(SCALES)), default="tiny", show_default=True,
@@ -64,12 +67,10 @@ def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str |
 @click.option("--report-only", is_flag=True, help="Train nothing: write the report from what results.json holds so "
               "far (e.g. while a long study still runs).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
-def main(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh,
-         report_only, debug) -> None:
+def main(debug: bool, **options) -> None:
     """Train and evaluate every method of the comparison on held-out tasks; write tables and figures."""
     try:
-        run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report, fresh,
-            report_only)
+        run(**options)
     except HypergenError as exc:
         if debug:
             raise
@@ -77,8 +78,8 @@ def main(data, seeds, steps, main_steps, task_steps, quick, scale, device, metho
         sys.exit(2)
 
 
-def run(data, seeds, steps, main_steps, task_steps, quick, scale, device, methods, deadline_min, out, report,
-        fresh, report_only=False) -> None:
+def run(data, seeds, steps, main_steps, task_steps, alpha, quick, scale, device, methods, deadline_min, out, report,
+        fresh, report_only) -> None:
     from hypergen.reproduce.report import write_report
     from hypergen.reproduce.study import Study
 
@@ -88,7 +89,7 @@ def run(data, seeds, steps, main_steps, task_steps, quick, scale, device, method
         raise HypergenError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(RUN_ORDER)}")
     cfg = StudyConfig(data=_data_sources(data, quick), seeds=seeds or (1 if quick else 3), scale=scale,
                       profile="quick" if quick else "full", steps=steps, main_steps=main_steps,
-                      task_steps=task_steps, device=device,
+                      task_steps=task_steps, alpha=alpha, device=device,
                       out=Path(out), methods=[m for m in RUN_ORDER if m in chosen],
                       deadline_s=None if deadline_min is None else 60 * deadline_min,
                       command="python " + " ".join(shlex.quote(a) for a in sys.argv))

@@ -98,6 +98,12 @@ def test_every_method_is_a_valid_recipe_of_the_same_code(scale, tmp_path):
                     ["local_consistency"] if method.consistency else [])
     hart = method_recipe(cfg, METHODS["hart_reverse"], "embedded", None, tmp_path, 0)
     assert hart["hypernetwork"]["generator"] == {"name": "autoregressive", "reverse": True}
+    assert hart["hypernetwork"]["regularizers"] == [{"name": "local_consistency", "alpha": plan.SCALES[scale].alpha}]
+    cfg.alpha = 10.0  # --alpha: every method with the regularizer, and only those
+    assert method_recipe(cfg, METHODS["hart"], "embedded", None, tmp_path, 0)["hypernetwork"]["regularizers"] == [
+        {"name": "local_consistency", "alpha": 10.0}]
+    assert method_recipe(cfg, METHODS["hypertuning_ar"], "embedded", None, tmp_path, 0)["hypernetwork"][
+        "regularizers"] == []
 
 
 def _results(values: dict[str, list[tuple[float, float]]]) -> dict:

@@ -31,7 +31,7 @@ class Method:
     peft: str | None = None       # per_task: "prefix" or "lora"
 
 
-CONSISTENCY = {"name": "local_consistency"}  # alpha from the scale preset
+CONSISTENCY = {"name": "local_consistency"}  # alpha: the study's --alpha, else the scale preset's
 METHODS: dict[str, Method] = {m.key: m for m in [
     Method("hypertuning", "HyperTuning", "hypernet", {"name": "non_autoregressive"}),
     Method("hart", "HART", "hypernet", {"name": "autoregressive"}, consistency=True),
@@ -104,9 +104,9 @@ class Steps:
 def data_section(source: str, path: str | None, eval_instances: int) -> dict[str, Any]:
     """The recipes' ``data`` section: the embedded family (compact x>y demos) or S-NI files (Def+2Pos)."""
     if source == "embedded":  # path: where the tasks are written (default: .cache/hypergen/embedded)
-        return {"source": "embedded", **({"path": path} if path else {}), "num_positive": 4, "max_demo_length": 64, "max_input_length": 32,
-                "max_target_length": 16, "queries_per_task": 8, "eval_instances_per_task": eval_instances,
-                "include_definition": False, "demo_style": "compact"}
+        return {"source": "embedded", **({"path": path} if path else {}), "num_positive": 4, "max_demo_length": 64,
+                "max_input_length": 32, "max_target_length": 16, "queries_per_task": 8,
+                "eval_instances_per_task": eval_instances, "include_definition": False, "demo_style": "compact"}
     return {"source": "sni", "path": path, "num_positive": 2, "include_definition": True, "demo_style": "sni",
             "max_demo_length": 512, "max_input_length": 160, "max_target_length": 64, "queries_per_task": 4,
             "eval_instances_per_task": eval_instances}
@@ -134,6 +134,7 @@ class StudyConfig:
     steps: int | None = None             # overrides each data source's hypernetwork steps (and FT steps, / 3)
     main_steps: int | None = None
     task_steps: int | None = None        # overrides the per-task (Prefix-Tuning / LoRA) steps
+    alpha: float | None = None           # overrides the scale's local consistency weight (the paper: 1, 5, 10, 20)
     device: str = "auto"
     out: Path = Path("runs/reproduce")
     report: Path | None = None
@@ -193,7 +194,8 @@ def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | Non
                                                 _batch(source, scale))}
     if method.kind != "hypernet":
         raise ValueError(f"{method.key}: no recipe for kind {method.kind!r}")
-    regularizers = [{**CONSISTENCY, "alpha": scale.alpha}] if method.consistency else []
+    alpha = scale.alpha if cfg.alpha is None else cfg.alpha
+    regularizers = [{**CONSISTENCY, "alpha": alpha}] if method.consistency else []
     return {"description": f"{method.label} (reproduction study)", **common,
             "hypernetwork": {"decoder_layers": scale.decoder_layers, "fusion_in_decoder": True,
                              "generator": dict(method.generator), "projector": {"name": "layerwise_mlp"},

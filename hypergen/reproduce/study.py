@@ -42,7 +42,8 @@ class Study:
                 "data": [list(d) for d in cfg.data], "methods": cfg.methods, "device": cfg.device,
                 "command": cfg.command,
                 "steps": {data_label(*d): cfg.steps_for(d[0]).__dict__ for d in cfg.data},
-                "scale_settings": SCALES[cfg.scale].__dict__}
+                "scale_settings": SCALES[cfg.scale].__dict__,
+                **({"alpha": cfg.alpha} if cfg.alpha is not None else {})}
 
     # -------------------------------------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
