@@ -160,9 +160,11 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
              "Scores are on held-out tasks (exact match and ROUGE-L, 0-100; mean ± sample standard deviation over "
              "seeds). All methods share one frozen main model M0 and the same evaluation instances.", ""]
     if results.get("skipped"):
-        lines += ["**Not run** (" + str(len(results["skipped"])) + " runs): " + "; ".join(
-            sorted({f"{s['data']} {s['method']}" for s in results["skipped"]})) + " — "
-                  + results["skipped"][0]["why"] + ".", ""]
+        groups: dict[str, list[str]] = {}
+        for skipped in results["skipped"]:
+            groups.setdefault(f"{skipped['data']} seed {skipped['seed']}", []).append(skipped["method"])
+        lines += [f"**Not run** ({len(results['skipped'])} runs, {results['skipped'][0]['why']}): " + "; ".join(
+            f"{where}: {', '.join(methods)}" for where, methods in groups.items()) + ".", ""]
     for label, runs in results["runs"].items():
         lines += [f"## {label}", "", "### Table 2 analogue: methods", ""] + table2(runs)
         lines += ["", "### Table 5 analogue: ablation", ""] + table5(runs)
