@@ -36,11 +36,12 @@ from .training.methods import FinetuneMethod, HypernetMethod
 EMBEDDED_DIR = Path(".cache/hypergen/embedded")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str = "training.device") -> torch.device:
+    """"auto" (CUDA when there is one), "cpu" or "cuda"; ``where`` names the setting in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise HypergenError("training.device: 'cuda' requested but no CUDA device is available")
+        raise HypergenError(f"{where}: 'cuda' requested but no CUDA device is available")
     return torch.device(name)
 
 

@@ -43,6 +43,7 @@ from ..evaluation.metrics import rouge_l
 from ..models.hypernet import HyperNetwork
 from ..models.main import freeze
 from ..recipe import Data, Evaluation
+from ..runs import resolve_device
 from ..training.methods import HypernetMethod
 from .measure import PeakMemory, fit_power_law, memory_method, summary, timed
 
@@ -128,14 +129,6 @@ class Setup:
     notes: list[str] = field(default_factory=list)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HypergenError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
 def _embedded_test_tasks() -> list[Task]:
     from ..data.tasks import load_task_folder
     from ..runs import EMBEDDED_DIR
@@ -154,7 +147,7 @@ def build_setup(config: BenchConfig) -> Setup:
     if config.size not in SIZES:
         raise HypergenError(f"--size: expected one of {', '.join(SIZES)}, got {config.size!r}")
     preset = SIZES[config.size]
-    device = _device(config.device)
+    device = resolve_device(config.device, "--device")
     tokenizer = ByT5Tokenizer()
     t5 = dict(preset.t5)
     t5.setdefault("vocab_size", len(tokenizer))
@@ -183,7 +176,7 @@ def _run_setup(config: BenchConfig) -> Setup:
     recipe = read_run(run)
     if isinstance(recipe, FinetuneRecipe):
         raise HypergenError(f"--run: {run} is a fine-tuning run; bench needs a trained hypernetwork run")
-    device = None if config.device == "auto" else _device(config.device)
+    device = None if config.device == "auto" else resolve_device(config.device, "--device")
     assembled = load_final(run, device)
     method: HypernetMethod = assembled.method
     tasks = load_tasks(recipe, "test", tokenizer=assembled.tokenizer)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ..errors import HypergenError
 from ..io import atomic_write_json, atomic_write_text
 from ..recipe import parse_recipe
+from ..runs import resolve_device
 from .plan import CONTROL, METHODS, Method, StudyConfig, data_label, main_recipe, method_recipe, max_new_tokens, \
     SCALES
 
@@ -53,9 +54,9 @@ class Study:
         for source, path in self.cfg.data:
             label = data_label(source, path)
             folder = self.root / label
-            main_dir = self._trained(label, "main", 0, main_recipe(self.cfg, source, path), folder / "main")
-            if main_dir is None:
+            if self._expired(label, "main", 0):
                 continue
+            main_dir = self._trained(label, "main", 0, main_recipe(self.cfg, source, path), folder / "main")
             for seed in range(self.cfg.seeds):
                 for key in self.cfg.methods:
                     method = METHODS[key]
@@ -66,7 +67,7 @@ class Study:
                         continue
                     recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed)
                     run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
-                    if run_dir is not None and key in CONTROL:
+                    if key in CONTROL:
                         self._control(label, key, seed, run_dir)
         self._save()
         return self.results
@@ -92,13 +93,10 @@ class Study:
         atomic_write_json(self.results_path, self.results)
 
     # ------------------------------------------------------------------------------------- one trained run
-    def _trained(self, label: str, key: str, seed: int, recipe: dict[str, Any], run_dir: Path) -> Path | None:
+    def _trained(self, label: str, key: str, seed: int, recipe: dict[str, Any], run_dir: Path) -> Path:
         """Train and evaluate ``recipe`` into ``run_dir`` (or read it back when it finished before)."""
         from ..pipeline import train
 
-        if key == "main" and self.cfg.deadline_s is not None and self.elapsed >= self.cfg.deadline_s:
-            self.results["skipped"].append({"data": label, "method": "main", "seed": 0, "why": "deadline"})
-            return None
         recipe_file = run_dir.parent / "recipes" / f"{run_dir.name}.json"
         resolved = json.loads(parse_recipe(recipe, str(recipe_file)).model_dump_json())
         scores_file = run_dir / "eval" / "scores.json"
@@ -130,7 +128,7 @@ class Study:
         scores_file = run_dir / OTHER_DEMOS_DIR / "scores.json"
         own_scores = run_dir / "eval" / "scores.json"
         if not scores_file.is_file() or scores_file.stat().st_mtime < own_scores.stat().st_mtime:  # stale: redo
-            evaluate_run(str(run_dir), progress=False, other_demos=True, device=_torch_device(self.cfg.device))
+            evaluate_run(str(run_dir), progress=False, other_demos=True, device=resolve_device(self.cfg.device, "--device"))
         entry = self._entry(label, key, seed)
         entry["other_demos"] = json.loads(scores_file.read_text())["overall"]
         self.log(f"  with other tasks' demos: {_scores_line(entry['other_demos'])}")
@@ -157,7 +155,7 @@ class Study:
         else:
             self.log(f"{label} {method.key} s{seed}: {steps.per_task} backprop steps per held-out task -> {run_dir}")
             started = time.perf_counter()
-            assembled = load_final(model_dir.parent, _torch_device(self.cfg.device))
+            assembled = load_final(model_dir.parent, resolve_device(self.cfg.device, "--device"))
             main = assembled.method.module
             freeze(main)
             tasks = load_tasks(assembled.recipe, "test")
@@ -182,14 +180,8 @@ def _scores_line(overall: dict[str, Any]) -> str:
     return f"EM {overall['exact_match']:.2f}  ROUGE-L {overall['rougeL']:.2f}  ({overall['instances']} instances)"
 
 
-def _torch_device(name: str):
-    from ..runs import resolve_device
-
-    return resolve_device(name)
-
-
 def _device_name(name: str, torch) -> str:
-    device = _torch_device(name)
+    device = resolve_device(name, "--device")
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     import platform
