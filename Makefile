@@ -14,7 +14,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	# DeepSpeed builds against the installed torch: without build isolation, so that pip does not fetch a CUDA
+	# torch into its build environment. Installed first, the `scale` extra below then finds it satisfied.
+	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15"
+	$(BIN)/pip install -q -e ".[test,scale]"
 	touch $@
 
 demo: setup
