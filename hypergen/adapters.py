@@ -1,231 +1,64 @@
-"""Export one task's generated parameters as an adapter folder, load it back, and predict with it.
+"""Adapter folders: export one task's generated parameters, load them back, and what every format shares.
 
-Two kinds of folder, both written by ``hypergen adapt`` (atomically: into a temporary folder beside the target,
-then renamed):
+Each PEFT target owns its format (as each peft tuner owns its config and save format): ``target.export`` writes
+its weight files and returns its ``adapter_config.json``, ``TargetClass.load`` reads them back (see
+:mod:`hypergen.components.targets.lora`, peft's LoRA format, and :mod:`hypergen.components.targets.prefix`).
+This module keeps what is common to every folder written by ``hypergen adapt`` (atomically: into a temporary
+folder beside the target, then renamed)::
 
-**LoRA** (peft's format, loadable with ``peft.PeftModel.from_pretrained(main_model, FOLDER)``)::
+    FOLDER/adapter_config.json     the target's config (for LoRA peft's LoraConfig, so peft loads the folder)
+    FOLDER/<the target's weights>  e.g. adapter_model.safetensors (LoRA) or prefix.safetensors
+    FOLDER/hypergen_adapter.json   "peft_target": the target's registered name (e.g. "lora.v1"), which picks the
+                                   class that loads the folder (plugins' targets resolve through entry points);
+                                   "hypergen_adapter": its format ("lora", "prefix"); the run's settings for
+                                   prediction (fusion_in_decoder, max_input_length, max_new_tokens, num_beams,
+                                   dtype) and where the adapter came from (run, task, demos_sha256, peft)
+    FOLDER/fusion.safetensors      ("states": n_d x d_h, "mask": n_d) the hypernetwork encoder's output for the
+                                   demos, when the run used fusion-in-decoder (the main decoder cross-attends to
+                                   it). peft knows nothing of it, so peft alone reproduces only the LoRA part of
+                                   such a run; ``hypergen predict`` uses both.
+    FOLDER/base_model/             when the run's main model is a ``tiny`` T5 (built from a config, so nothing
+                                   names it): the frozen main model as a Hugging Face folder, and
+                                   ``base_model_name_or_path`` is its absolute path. If the adapter folder is
+                                   moved, ``predict`` falls back to ``FOLDER/base_model``.
 
-    FOLDER/adapter_config.json        a peft LoraConfig: peft_type LORA, r, lora_alpha, target_modules (a regex
-                                      that matches exactly the adapted projections), task_type SEQ_2_SEQ_LM, ...
-    FOLDER/adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r x d_in) and .lora_B.weight
-                                      (d_out x r), e.g. base_model.model.encoder.block.0.layer.0.SelfAttention.q.*
-                                      (peft drops the adapter name "default" from the saved keys)
-
-**Prefix** (hypergen's own format)::
-
-    FOLDER/adapter_config.json        {"hypergen_adapter": "prefix", "length", "num_layers", "num_decoder_layers",
-                                      "num_heads", "d_kv", "d_model", "base_model_name_or_path",
-                                      "fusion_in_decoder"}
-    FOLDER/prefix.safetensors         "encoder.key", "encoder.value", "decoder.key", "decoder.value":
-                                      num_layers x length x (num_heads * d_kv)
-
-Both kinds may also hold:
-
-* ``fusion.safetensors`` ("states": n_d x d_h, "mask": n_d): the hypernetwork encoder's output for the demos, when
-  the run used fusion-in-decoder (the main decoder cross-attends to it). peft knows nothing of it, so peft alone
-  reproduces only the LoRA part of such a run; ``hypergen predict`` uses both.
-* ``hypergen_adapter.json``: the run's settings for prediction (kind, fusion_in_decoder, max_input_length,
-  max_new_tokens, num_beams, dtype) and where the adapter came from (run, task). Without it (a LoRA folder from
-  elsewhere) predict uses defaults and no fusion.
-* ``base_model/``: when the run's main model is a ``tiny`` T5 (built from a config, so nothing names it), the frozen
-  main model is saved here as a Hugging Face folder and ``base_model_name_or_path`` is its absolute path. If the
-  adapter folder is moved, ``predict`` falls back to ``FOLDER/base_model``.
+A folder without ``peft_target`` (written by an earlier hypergen, or a peft LoRA folder from elsewhere, which has
+no ``hypergen_adapter.json`` at all: predict then uses default settings and no fusion) is recognised by its
+``adapter_config.json`` through :data:`LEGACY_TARGETS`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from .components.targets.lora import ATTENTIONS, LoraTarget, module_path
-from .components.targets.prefix import PrefixTarget
-from .data.tasks import Example, Task
-from .errors import HypergenError
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .components.base import ADAPTER_CONFIG, PEFTTarget
+from .data.tasks import Task
+from .errors import HypergenError, UnknownComponentError
+from .io import atomic_save_tensors, atomic_write_json, read_safetensors
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
+from .registry import registry
 
-ADAPTER_CONFIG = "adapter_config.json"
-LORA_WEIGHTS = "adapter_model.safetensors"
-PREFIX_WEIGHTS = "prefix.safetensors"
 FUSION_WEIGHTS = "fusion.safetensors"
 SETTINGS = "hypergen_adapter.json"
 BASE_MODEL_DIR = "base_model"
-PEFT_PREFIX = "base_model.model."
 DEFAULT_SETTINGS = {"fusion_in_decoder": False, "max_input_length": 512, "max_new_tokens": 128, "num_beams": 1,
                     "dtype": "float32"}
 
-_PEFT_KEY = re.compile(r"base_model\.model\.(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\."
-                       r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.lora_(A|B)\.weight")
-_ATTENTION_OF = {name: (att, index) for att, (index, name) in ATTENTIONS.items()}
+# Folders that name no target: (adapter_config.json field, value) -> the registered target that reads them.
+LEGACY_TARGETS = {("peft_type", "LORA"): "lora.v1", ("hypergen_adapter", "prefix"): "prefix.v1"}
 
 
-# ----------------------------------------------------------------------------------------------------- LoRA (peft)
-
-def peft_target_modules(target: LoraTarget) -> str:
-    """A regex (peft full-matches a string ``target_modules`` against module names) naming exactly the adapted
-    projections, e.g. ``(?:encoder\\.block\\.\\d+\\.layer\\.0\\.SelfAttention|...)\\.(?:q|v)``."""
-    stacks = []
-    for side, att in target._combos():
-        index, name = ATTENTIONS[att]
-        stacks.append(rf"{side}\.block\.\d+\.layer\.{index}\.{name}")
-    return rf"(?:{'|'.join(stacks)})\.(?:{'|'.join(target.targets)})"
-
-
-def peft_lora_config(target: LoraTarget, base_model_name_or_path: str | None) -> dict[str, Any]:
-    """The ``adapter_config.json`` of a LoRA adapter, in peft's LoraConfig fields."""
-    return {
-        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "base_model_name_or_path": base_model_name_or_path,
-        "revision": None, "r": target.rank, "lora_alpha": target.alpha,
-        "target_modules": peft_target_modules(target), "exclude_modules": None, "lora_dropout": 0.0,
-        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None, "layers_to_transform": None,
-        "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
-    }
-
-
-def peft_lora_state_dict(target: LoraTarget, main_model: nn.Module,
-                         params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One task's LoRA ``params`` ({group: num_layers x r x width}) under peft's saved key names.
-
-    ``lora_A.weight`` is the A slot of the layer (r x d_in); ``lora_B.weight`` is the transpose of the B slot
-    (d_out x r), so peft computes ``lora_B(lora_A(x)) * lora_alpha / r``, exactly :class:`LoraTarget`'s update.
-    """
-    state = {}
-    for side, att, projection, layer, _ in target.sites(main_model):
-        group = f"{side}.{att}.{projection}"
-        name = PEFT_PREFIX + module_path(side, layer, att, projection)
-        state[f"{name}.lora_A.weight"] = params[f"{group}.A"][layer].detach().float().contiguous()
-        state[f"{name}.lora_B.weight"] = params[f"{group}.B"][layer].detach().float().t().contiguous()
-    return state
-
-
-def _lora_from_peft(folder: Path, config: dict[str, Any],
-                    main_model: nn.Module) -> tuple[LoraTarget, dict[str, torch.Tensor]]:
-    """Rebuild a :class:`LoraTarget` and its parameters ({group: 1 x L x r x width}) from a peft LoRA folder,
-    checking that it fits ``main_model``: every layer of each adapted projection, with matching widths."""
-    config_file, weights = folder / ADAPTER_CONFIG, folder / LORA_WEIGHTS
-    for key, supported in (("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False)):
-        if config.get(key, supported) != supported:
-            raise HypergenError(f"{config_file}: {key}={config[key]!r} is not supported (hypergen applies plain LoRA)")
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise HypergenError(f"{config_file}: rank_pattern/alpha_pattern are not supported")
-    state = _load_tensors(weights)
-    rank, alpha = config.get("r"), config.get("lora_alpha")
-    if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, (int, float)):
-        raise HypergenError(f"{config_file}: 'r' and 'lora_alpha' must be a positive integer and a number")
-    found: dict[tuple[str, str, str], dict[int, dict[str, torch.Tensor]]] = {}
-    for key, tensor in state.items():
-        match = _PEFT_KEY.fullmatch(key)
-        if not match:
-            raise HypergenError(f"{weights}: unexpected key {key!r}; expected peft LoRA keys of T5 attention "
-                                "projections (base_model.model.<side>.block.<i>.layer.<j>.<Attention>.<q|k|v|o>."
-                                "lora_<A|B>.weight)")
-        side, layer, index, name, projection, which = match.groups()
-        att, expected_index = _ATTENTION_OF[name]
-        if int(index) != expected_index:
-            raise HypergenError(f"{weights}: key {key!r} puts {name} at layer.{index}; T5 has it at "
-                                f"layer.{expected_index}")
-        found.setdefault((side, att, projection), {}).setdefault(int(layer), {})[which] = tensor
-    if not found:
-        raise HypergenError(f"{weights}: holds no LoRA weights")
-    sides = sorted({k[0] for k in found}, key=("encoder", "decoder").index)
-    attention = sorted({k[1] for k in found}, key=list(ATTENTIONS).index)
-    targets = sorted({k[2] for k in found}, key="qkvo".index)
-    try:
-        target = LoraTarget(rank=rank, alpha=float(alpha), targets=targets, attention=attention, sides=sides)
-    except ValueError as exc:
-        raise HypergenError(f"{weights}: {exc}") from None
-    expected = {(side, att, p) for side, att in target._combos() for p in target.targets}
-    if set(found) != expected:
-        raise HypergenError(f"{weights}: adapts {sorted(found)}, which is not every projection of "
-                            f"{sorted(expected)}; hypergen needs the same projections on each side")
-    config_shape = main_model.config
-    layer_counts = {"encoder": config_shape.num_layers, "decoder": config_shape.num_decoder_layers}
-    for (side, att, projection), layers in found.items():
-        if sorted(layers) != list(range(layer_counts[side])):
-            raise HypergenError(f"{weights}: has {side} layers {_ranges(sorted(layers))} of {att}-attention "
-                                f"{projection}, but the main model has {layer_counts[side]} {side} layers "
-                                "(an adapter from another main model?)")
-    params: dict[str, list[torch.Tensor]] = {}
-    for side, att, projection, layer, linear in target.sites(main_model):
-        pair = found[(side, att, projection)][layer]
-        name = module_path(side, layer, att, projection)
-        if set(pair) != {"A", "B"}:
-            raise HypergenError(f"{weights}: {name} lacks lora_{'B' if 'A' in pair else 'A'}.weight")
-        a, b = pair["A"], pair["B"]
-        want_a, want_b = (rank, linear.in_features), (linear.out_features, rank)
-        if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
-            raise HypergenError(f"{weights}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, but the "
-                                f"main model needs {want_a} and {want_b} (an adapter from another main model?)")
-        group = f"{side}.{att}.{projection}"
-        params.setdefault(f"{group}.A", []).append(a)
-        params.setdefault(f"{group}.B", []).append(b.t())
-    return target, {g: torch.stack(v)[None] for g, v in params.items()}
-
-
-def _ranges(values: list[int]) -> str:
-    return f"{values[0]}..{values[-1]}" if values else "(none)"
-
-
-# ------------------------------------------------------------------------------------------------------- prefix
-
-def prefix_config(target: PrefixTarget, main_model: nn.Module, base_model_name_or_path: str | None,
-                  fusion: bool) -> dict[str, Any]:
-    config = main_model.config
-    return {"hypergen_adapter": "prefix", "length": target.length, "encoder": target.encoder,
-            "decoder": target.decoder, "num_layers": config.num_layers,
-            "num_decoder_layers": config.num_decoder_layers, "num_heads": config.num_heads, "d_kv": config.d_kv,
-            "d_model": config.d_model, "base_model_name_or_path": base_model_name_or_path,
-            "fusion_in_decoder": fusion}
-
-
-def _prefix_from_folder(folder: Path, config: dict[str, Any],
-                        main_model: nn.Module) -> tuple[PrefixTarget, dict[str, torch.Tensor]]:
-    config_file, weights = folder / ADAPTER_CONFIG, folder / PREFIX_WEIGHTS
-    model_config = main_model.config
-    for key in ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model"):
-        if key not in config:
-            raise HypergenError(f"{config_file}: field {key!r} is missing")
-        if config[key] != getattr(model_config, key):
-            raise HypergenError(f"{config_file}: made for a main model with {key}={config[key]}, but this main model "
-                                f"has {key}={getattr(model_config, key)} (an adapter from another main model?)")
-    state = _load_tensors(weights)
-    length = config.get("length")
-    encoder, decoder = "encoder.key" in state, "decoder.key" in state
-    target = PrefixTarget(length=length, encoder=encoder, decoder=decoder)
-    groups = target.slot_groups(main_model)
-    if not groups or set(state) != {g.name for g in groups}:
-        raise HypergenError(f"{weights}: holds {sorted(state)}; expected encoder/decoder key/value prefixes")
-    for group in groups:
-        want = (group.num_layers, group.rows, group.width)
-        if tuple(state[group.name].shape) != want:
-            raise HypergenError(f"{weights}: {group.name} has shape {tuple(state[group.name].shape)}, but the main "
-                                f"model needs {want} (an adapter from another main model?)")
-    return target, {g.name: state[g.name][None] for g in groups}
-
-
-# ------------------------------------------------------------------------------------------------------- folders
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise HypergenError(f"{path}: not found; not an adapter folder written by `hypergen adapt` or peft")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise HypergenError(f"{path}: cannot read safetensors ({exc})") from None
-
+# ------------------------------------------------------------------------------------------------- the config
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -239,25 +72,53 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_adapter_config(folder: str | Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """``(kind, adapter_config, settings)`` of an adapter folder; kind is "lora" or "prefix"."""
+def registered_name(target: PEFTTarget) -> str:
+    """The name ``target``'s class is registered under in ``registry.peft_targets`` (built-in or plugin), which an
+    adapter folder stores so that loading finds the same class."""
+    names = sorted(name for name, factory in registry.entries("peft_targets").items() if factory is type(target))
+    if not names:
+        raise HypergenError(f"peft target {type(target).__name__} is not registered in hypergen's registry "
+                            "(registry.peft_targets or the hypergen_peft_targets entry points), so an adapter "
+                            "folder cannot name it")
+    return names[0]
+
+
+def _target_class(name: Any, where: Path) -> type[PEFTTarget]:
+    """The registered PEFTTarget class called ``name``; errors name ``where`` (the file that names it)."""
+    if not isinstance(name, str):
+        raise HypergenError(f"{where}: 'peft_target' must be a registered peft target name, got {name!r}")
+    try:
+        factory = registry.resolve("peft_targets", name)
+    except UnknownComponentError as exc:
+        raise HypergenError(f"{where}: {exc}") from None
+    if not (isinstance(factory, type) and issubclass(factory, PEFTTarget)):
+        raise HypergenError(f"{where}: peft target {name!r} is registered as {factory!r}, not a PEFTTarget class, "
+                            "so it has no adapter format")
+    return factory
+
+
+def read_adapter_config(folder: str | Path) -> tuple[type[PEFTTarget], dict[str, Any], dict[str, Any]]:
+    """``(target class, adapter_config, settings)`` of an adapter folder. The class is the registered target
+    named by ``hypergen_adapter.json`` (or, for folders that name none, by :data:`LEGACY_TARGETS`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise HypergenError(f"--adapter: {folder} is not a folder")
     config = _read_json(folder / ADAPTER_CONFIG)
-    if config.get("peft_type") == "LORA":
-        kind = "lora"
-    elif config.get("hypergen_adapter") == "prefix":
-        kind = "prefix"
-    else:
-        raise HypergenError(f"{folder / ADAPTER_CONFIG}: neither a peft LoRA config (peft_type 'LORA') nor a "
-                            "hypergen prefix adapter (hypergen_adapter 'prefix')")
     settings = dict(DEFAULT_SETTINGS)
     if (folder / SETTINGS).is_file():
         settings.update(_read_json(folder / SETTINGS))
-    if kind == "prefix":
-        settings["fusion_in_decoder"] = bool(config.get("fusion_in_decoder", False))
-    return kind, config, settings
+    if "peft_target" in settings:
+        target_class = _target_class(settings["peft_target"], folder / SETTINGS)
+    else:
+        legacy = [name for (key, value), name in LEGACY_TARGETS.items() if config.get(key) == value]
+        if not legacy:
+            raise HypergenError(f"{folder / ADAPTER_CONFIG}: names no peft target ({SETTINGS} has no "
+                                "'peft_target') and is neither a peft LoRA config (peft_type 'LORA') nor a "
+                                "hypergen prefix adapter (hypergen_adapter 'prefix')")
+        target_class = _target_class(legacy[0], folder / ADAPTER_CONFIG)
+    if "fusion_in_decoder" in config:  # a format that records it (prefix) is the authority
+        settings["fusion_in_decoder"] = bool(config["fusion_in_decoder"])
+    return target_class, config, settings
 
 
 def base_model_of(folder: str | Path) -> str:
@@ -276,14 +137,16 @@ def base_model_of(folder: str | Path) -> str:
     return name
 
 
+# ------------------------------------------------------------------------------------------- load and write
+
 @dataclass
 class Adapter:
     """A loaded adapter: its target (prepared on the main model) and one task's parameters (a batch of 1)."""
 
     folder: Path
-    kind: str
-    target: Any
-    params: dict[str, torch.Tensor]          # {group: 1 x L x rows x width}
+    kind: str                                  # the target's adapter format, e.g. "lora" or "prefix"
+    target: PEFTTarget
+    params: dict[str, torch.Tensor]            # {group: 1 x L x rows x width}
     fusion_states: torch.Tensor | None = None  # 1 x n_d x d_h
     fusion_mask: torch.Tensor | None = None    # 1 x n_d
     settings: dict[str, Any] = field(default_factory=dict)
@@ -316,20 +179,17 @@ class Adapter:
 def load_adapter(folder: str | Path, main_model: nn.Module) -> Adapter:
     """Load an adapter folder for ``main_model`` (and prepare its target on it).
 
-    LoRA folders are read from peft's safetensors with hypergen's own :class:`LoraTarget` (no peft needed). An
-    adapter made for another main model (other layer counts or widths) raises a one-line :class:`HypergenError`
-    naming the file and the mismatch.
+    The registered target the folder names rebuilds itself and its parameters (``TargetClass.load``; LoRA folders
+    are read from peft's safetensors without peft). An adapter made for another main model (other layer counts
+    or widths) raises a one-line :class:`HypergenError` naming the file and the mismatch.
     """
     folder = Path(folder)
-    kind, config, settings = read_adapter_config(folder)
-    if kind == "lora":
-        target, params = _lora_from_peft(folder, config, main_model)
-    else:
-        target, params = _prefix_from_folder(folder, config, main_model)
+    target_class, config, settings = read_adapter_config(folder)
+    target, params = target_class.load(folder, config, main_model)
     states = mask = None
     if settings.get("fusion_in_decoder"):
         fusion_file = folder / FUSION_WEIGHTS
-        fusion = _load_tensors(fusion_file)
+        fusion = read_safetensors(fusion_file, "fusion-in-decoder states of the adapter")
         if set(fusion) != {"states", "mask"} or fusion["states"].dim() != 2:
             raise HypergenError(f"{fusion_file}: expected 'states' (n_d x d_h) and 'mask' (n_d)")
         if fusion["states"].shape[1] != main_model.config.d_model:
@@ -339,81 +199,33 @@ def load_adapter(folder: str | Path, main_model: nn.Module) -> Adapter:
     target.prepare(main_model)
     device = next(main_model.parameters()).device
     dtype = next(main_model.parameters()).dtype
-    adapter = Adapter(folder, kind, target, {k: v.to(dtype) for k, v in params.items()},
+    adapter = Adapter(folder, target_class.adapter_format, target, {k: v.to(dtype) for k, v in params.items()},
                       None if states is None else states.to(dtype), mask, settings)
     return adapter.to(device)
 
 
-def write_adapter(folder: Path, target, params: dict[str, torch.Tensor], main_model: nn.Module,
+def write_adapter(folder: Path, target: PEFTTarget, params: dict[str, torch.Tensor], main_model: nn.Module,
                   base_model_name_or_path: str | None, fusion: tuple[torch.Tensor, torch.Tensor] | None = None,
                   settings: dict[str, Any] | None = None) -> None:
-    """Write one task's ``params`` ({group: num_layers x rows x width}) into ``folder`` (created if needed).
+    """Write one task's ``params`` ({group: num_layers x rows x width}) into ``folder`` (created if needed): the
+    target's own files and config (``target.export``), then the fusion states and ``hypergen_adapter.json``.
 
     ``fusion``: (states n_d x d_h, mask n_d) of the hypernetwork encoder, for runs with fusion-in-decoder.
     """
     folder = Path(folder)
+    name = registered_name(target)
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(target, LoraTarget):
-        kind = "lora"
-        atomic_save_tensors(folder / LORA_WEIGHTS, peft_lora_state_dict(target, main_model, params),
-                            metadata={"format": "pt"})
-        atomic_write_json(folder / ADAPTER_CONFIG, peft_lora_config(target, base_model_name_or_path))
-    elif isinstance(target, PrefixTarget):
-        kind = "prefix"
-        groups = [g.name for g in target.slot_groups(main_model)]
-        atomic_save_tensors(folder / PREFIX_WEIGHTS, {g: params[g].detach().float() for g in groups})
-        atomic_write_json(folder / ADAPTER_CONFIG,
-                          prefix_config(target, main_model, base_model_name_or_path, fusion is not None))
-    else:
-        raise HypergenError(f"peft target {type(target).__name__} cannot be exported as an adapter "
-                            "(supported: lora, prefix)")
+    config = target.export(folder, params, main_model, base_model_name_or_path, fusion is not None)
+    atomic_write_json(folder / ADAPTER_CONFIG, config)
     if fusion is not None:
         states, mask = fusion
         atomic_save_tensors(folder / FUSION_WEIGHTS, {"states": states.detach().float(), "mask": mask.detach()})
-    meta = {"hypergen_adapter": kind, **DEFAULT_SETTINGS, **(settings or {}), "fusion_in_decoder": fusion is not None}
+    meta = {"hypergen_adapter": target.adapter_format, "peft_target": name, **DEFAULT_SETTINGS, **(settings or {}),
+            "fusion_in_decoder": fusion is not None}
     atomic_write_json(folder / SETTINGS, meta)
 
 
 # ------------------------------------------------------------------------------------------ adapt: run -> adapter
-
-def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) for each non-blank line of ``path``; errors name the file and the line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise HypergenError(f"{path}: {kind} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: cannot read {kind} ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HypergenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-
-
-def read_demos_file(path: str | Path) -> Task:
-    """A task from a JSONL demos file: at most one ``{"definition": ...}`` line and ``{"input", "output"}`` pairs
-    (``output`` a string or a list of strings). The pairs become the task's positive examples."""
-    path = Path(path)
-    definition, pairs = None, []
-    for number, item in read_jsonl(path, "demos file"):
-        if isinstance(item, dict) and set(item) == {"definition"} and isinstance(item["definition"], str):
-            if definition is not None:
-                raise HypergenError(f"{path}: line {number} is a second definition; at most one is allowed")
-            definition = item["definition"]
-            continue
-        output = item.get("output") if isinstance(item, dict) else None
-        outputs = [output] if isinstance(output, str) else output
-        if (not isinstance(item, dict) or set(item) != {"input", "output"} or not isinstance(item["input"], str)
-                or not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs)):
-            raise HypergenError(f"{path}: line {number}: expected {{\"definition\": text}} or "
-                                "{\"input\": text, \"output\": text}")
-        pairs.append(Example(item["input"], tuple(outputs)))
-    if not pairs:
-        raise HypergenError(f"{path}: no demonstration pairs; expected lines {{\"input\": ..., \"output\": ...}}")
-    return Task(name=path.stem, definition=definition or "", positives=pairs, instances=[], source=str(path))
-
 
 def demos_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -470,48 +282,3 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-# --------------------------------------------------------------------------------------------------- predict
-
-def read_queries(path: str | Path) -> list[str]:
-    """The ``input`` of each line of a JSONL file (``{"input": text}``, other keys ignored)."""
-    path = Path(path)
-    queries = []
-    for number, item in read_jsonl(path, "input file"):
-        if not isinstance(item, dict) or not isinstance(item.get("input"), str):
-            raise HypergenError(f"{path}: line {number}: expected an object with a string 'input'")
-        queries.append(item["input"])
-    if not queries:
-        raise HypergenError(f"{path}: no queries; expected lines {{\"input\": ...}}")
-    return queries
-
-
-def predict(adapter: Adapter, main_model: nn.Module, tokenizer, inputs: list[str], batch_size: int = 16,
-            max_new_tokens: int | None = None, num_beams: int | None = None, max_input_length: int | None = None,
-            progress: bool = True) -> list[str]:
-    """Decode every input with the adapter applied, in batches (the same tokenization as evaluation)."""
-    from tqdm.auto import tqdm
-
-    settings = adapter.settings
-    max_new_tokens = max_new_tokens or settings.get("max_new_tokens", 128)
-    num_beams = num_beams or settings.get("num_beams", 1)
-    max_input_length = max_input_length or settings.get("max_input_length", 512)
-    device = next(main_model.parameters()).device
-    predictions: list[str] = []
-    with tqdm(total=len(inputs), desc="predict", disable=not progress, leave=False) as bar:
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            enc = tokenizer(chunk, max_length=max_input_length, truncation=True, padding=True, return_tensors="pt")
-            output = adapter.generate(main_model, enc["input_ids"].to(device), enc["attention_mask"].to(device),
-                                      max_new_tokens, num_beams)
-            predictions.extend(text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True))
-            bar.update(len(chunk))
-    return predictions
-
-
-def write_predictions(path: str | Path | None, inputs: list[str], predictions: list[str]) -> str:
-    text = "".join(json.dumps({"input": x, "prediction": y}) + "\n" for x, y in zip(inputs, predictions))
-    if path is not None:
-        atomic_write_text(Path(path), text)
-    return text

@@ -143,10 +143,11 @@ def _quiet_hub() -> None:
 def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
     """Generate one task's PEFT parameters (one hypernetwork pass) and write them as an adapter folder.
 
-    LoRA runs give a peft LoRA folder (adapter_config.json + adapter_model.safetensors); prefix runs give
-    hypergen's prefix folder. A tiny main model is saved into OUT/base_model so `hypergen predict` can reload it.
+    The run's PEFT target writes its own format: LoRA runs give a peft LoRA folder (adapter_config.json +
+    adapter_model.safetensors); prefix runs give hypergen's prefix folder. A tiny main model is saved into OUT/base_model so `hypergen predict` can reload it.
     """
-    from .adapters import export_adapter, read_demos_file
+    from .adapters import export_adapter
+    from .data.jsonl import read_demos_file
     from .data.tasks import load_task
     from .runs import load_final, read_run
     from .recipe import FinetuneRecipe
@@ -183,10 +184,11 @@ def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, base_model, quiet) -> None:
     """Run the adapter's main model with the adapter on every query; write {"input", "prediction"} lines."""
-    from .adapters import base_model_of, load_adapter, predict as run_predict, read_adapter_config, read_queries
-    from .adapters import write_predictions
     import torch
 
+    from .adapters import base_model_of, load_adapter, read_adapter_config
+    from .data.jsonl import read_queries
+    from .evaluation.predict import predict as run_predict, write_predictions
     from .models.main import load_main_model
     from .recipe import MainModel
 

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .errors import HypergenError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -49,6 +52,18 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing or unreadable file raises a one-line :class:`HypergenError`
+    naming ``path`` and ``what`` it should be (e.g. "adapter weights")."""
+    path = Path(path)
+    if not path.is_file():
+        raise HypergenError(f"{path}: not found ({what})")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HypergenError(f"{path}: cannot read {what} as safetensors ({exc})") from None
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,24 +1,34 @@
-"""Adapters: the peft round trip of a LoRA parameter set, and `hypergen adapt` / `hypergen predict` end to end."""
+"""Adapters: the peft round trip of a LoRA parameter set, `hypergen adapt` / `hypergen predict` end to end, and
+PEFT targets (built-in or a plugin's) owning their adapter formats, dispatched by their registered name."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import json
 import shutil
 import warnings
 
+import catalogue
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5ForConditionalGeneration
 
-from hypergen.adapters import load_adapter, write_adapter
+import hypergen.adapters
+from hypergen.adapters import generate_task_parameters, load_adapter, write_adapter
 from hypergen.cli import main
+from hypergen.components.base import PEFTTarget
 from hypergen.components.targets.lora import LoraTarget
+from hypergen.components.targets.prefix import PrefixTarget
+from hypergen.data.tasks import load_task
 from hypergen.errors import HypergenError
 from hypergen.models.main import load_main_model, save_main_model
 from hypergen.recipe import MainModel, TinyT5
+from hypergen.registry import registry
+from hypergen.runs import load_final
 from test_training import embedded_recipe, train
 
 peft = pytest.importorskip("peft")
@@ -213,3 +223,160 @@ def test_bad_inputs_fail_in_one_line(runs, tmp_path):
     assert str(moved / "adapter_config.json") in result.output and "num_layers" in result.output
     assert result.output.strip().splitlines()[-1].startswith("error: ") and result.output.count("error:") == 1
     assert not pred.exists()
+
+
+# ------------------------------------------------------------------------ targets own their adapter formats
+
+@pytest.fixture
+def register_target():
+    """Register peft targets as a plugin's entry point would (``registry.peft_targets``); removed afterwards."""
+    added = []
+
+    def register(name, cls):
+        registry.peft_targets.register(name, func=cls)
+        added.append(name)
+        return cls
+
+    yield register
+    for name in added:
+        catalogue._remove((*registry.peft_targets.namespace, name))
+
+
+class PluginLora(LoraTarget):
+    """A third-party subclass of a built-in target: it inherits peft's LoRA format."""
+
+
+class StackedPrefix(PrefixTarget):
+    """A third-party target with a format of its own: every slot group stacked into one tensor of one file."""
+
+    adapter_format = "stacked_prefix"
+
+    def export(self, folder, params, main_model, base_model_name_or_path, fusion_in_decoder):
+        groups = [g.name for g in self.slot_groups(main_model)]
+        save_file({"stacked": torch.stack([params[g].float() for g in groups])}, str(folder / "stacked.safetensors"))
+        return {"groups": groups, "length": self.length, "base_model_name_or_path": base_model_name_or_path}
+
+    @classmethod
+    def load(cls, folder, config, main_model):
+        stacked = load_file(str(folder / "stacked.safetensors"))["stacked"]
+        sides = {name.split(".")[0] for name in config["groups"]}
+        target = cls(length=config["length"], encoder="encoder" in sides, decoder="decoder" in sides)
+        return target, {g: stacked[i][None] for i, g in enumerate(config["groups"])}
+
+
+class NoFormat(PEFTTarget):
+    """A target that declares no adapter format."""
+
+    def slot_groups(self, main_model):
+        return []
+
+    def prepare(self, main_model):
+        pass
+
+    def applied(self, main_model, params):
+        return contextlib.nullcontext()
+
+
+def random_params(target, model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return {g.name: torch.randn(g.num_layers, g.rows, g.width, generator=gen) for g in target.slot_groups(model)}
+
+
+def test_plugin_target_adapts_through_the_cli_and_loads_the_generated_parameters(runs, register_target, tmp_path):
+    register_target("plugin_lora.v1", PluginLora)
+    plugin_run = tmp_path / "plugin-run"
+    shutil.copytree(runs["lora"], plugin_run)
+    recipe = json.loads((plugin_run / "recipe.json").read_text())
+    recipe["peft"]["name"] = "plugin_lora"  # the bare name resolves to the newest version, as for built-ins
+    (plugin_run / "recipe.json").write_text(json.dumps(recipe))
+    name = (runs["data"] / "splits" / "default" / "test_tasks.txt").read_text().split()[0]
+    task_file = runs["data"] / "tasks" / f"{name}.json"
+
+    out = tmp_path / "adapter"
+    result = invoke("adapt", "--run", plugin_run, "--task", task_file, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "hypergen_adapter.json").read_text())
+    assert (settings["peft_target"], settings["hypergen_adapter"]) == ("plugin_lora.v1", "lora")
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"  # peft's format, inherited
+
+    model, _ = load_main_model(MainModel(name_or_path=str(out / "base_model")))
+    adapter = load_adapter(out, model)
+    assert type(adapter.target) is PluginLora and adapter.kind == "lora"
+    expected, _ = generate_task_parameters(load_final(plugin_run), load_task(task_file))
+    assert set(adapter.params) == set(expected.params)
+    for group, value in expected.params.items():
+        assert torch.equal(adapter.params[group], value.cpu()), group
+    assert torch.equal(adapter.fusion_states, expected.encoder_states.cpu())
+
+
+def test_plugin_target_with_its_own_format_round_trips(register_target, tmp_path):
+    register_target("stacked_prefix.v1", StackedPrefix)
+    model = make_model()
+    target = StackedPrefix(length=3, decoder=False)
+    params = random_params(target, model)
+    write_adapter(tmp_path / "a", target, params, model, "tiny-t5")
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"adapter_config.json", "stacked.safetensors",
+                                                             "hypergen_adapter.json"}
+    adapter = load_adapter(tmp_path / "a", model)
+    assert type(adapter.target) is StackedPrefix and adapter.kind == "stacked_prefix"
+    assert adapter.target.describe() == target.describe()
+    assert set(adapter.params) == {"encoder.key", "encoder.value"}
+    for group, value in params.items():
+        assert torch.equal(adapter.params[group], value[None]), group
+
+
+def test_targets_without_a_format_or_a_name_are_refused_in_one_line(register_target, tmp_path):
+    model = make_model()
+    register_target("no_format.v1", NoFormat)
+    with pytest.raises(HypergenError, match=r"^peft target NoFormat has no adapter format \(.*\)[^\n]*$"):
+        write_adapter(tmp_path / "a", NoFormat(), {}, model, "tiny-t5")
+    with pytest.raises(HypergenError, match=r"^peft target PluginLora is not registered in hypergen's registry"):
+        write_adapter(tmp_path / "b", PluginLora(rank=2), {}, model, "tiny-t5")
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_target_name_in_a_folder_fails_in_one_line(runs, tmp_path):
+    out = tmp_path / "adapter"
+    (tmp_path / "demos.jsonl").write_text('{"input": "ab", "output": "abx"}\n')
+    result = invoke("adapt", "--run", runs["prefix"], "--demos", tmp_path / "demos.jsonl", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    settings_file = out / "hypergen_adapter.json"
+    settings = json.loads(settings_file.read_text())
+    assert settings["peft_target"] == "prefix.v1"
+    settings["peft_target"] = "vanished_plugin.v1"
+    settings_file.write_text(json.dumps(settings))
+    (tmp_path / "q.jsonl").write_text('{"input": "cd"}\n')
+    result = invoke("predict", "--adapter", out, "--input", tmp_path / "q.jsonl", "--quiet")
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    assert str(settings_file) in result.output and "'vanished_plugin.v1'" in result.output
+    assert "known: lora.v1, prefix.v1" in result.output
+
+
+@pytest.mark.parametrize("kind", ["lora", "prefix"])
+def test_folders_that_name_no_target_still_load(kind, tmp_path):
+    """Folders from before targets were named: an old hypergen folder (no 'peft_target'), and for LoRA a peft
+    folder from elsewhere (no hypergen_adapter.json at all)."""
+    model = make_model()
+    target = LoraTarget(rank=2, alpha=4.0) if kind == "lora" else PrefixTarget(length=2)
+    params = random_params(target, model)
+    write_adapter(tmp_path / "a", target, params, model, "tiny-t5")
+    settings_file = tmp_path / "a" / "hypergen_adapter.json"
+    settings = json.loads(settings_file.read_text())
+    del settings["peft_target"]
+    settings_file.write_text(json.dumps(settings))
+    folders = [tmp_path / "a"]
+    if kind == "lora":
+        shutil.copytree(tmp_path / "a", tmp_path / "from-peft")
+        (tmp_path / "from-peft" / "hypergen_adapter.json").unlink()
+        folders.append(tmp_path / "from-peft")
+    for folder in folders:
+        adapter = load_adapter(folder, model)
+        assert type(adapter.target) is type(target) and adapter.kind == kind
+        for group, value in params.items():
+            assert torch.equal(adapter.params[group], value[None]), (folder, group)
+
+
+def test_adapters_module_names_no_builtin_target():
+    source = inspect.getsource(hypergen.adapters)
+    assert "LoraTarget" not in source and "PrefixTarget" not in source and "isinstance(target" not in source

@@ -14,10 +14,13 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import HypergenError
 
 
 @dataclass
@@ -114,8 +117,19 @@ class Regularizer(abc.ABC):
         pass
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # the config file of every adapter folder (see PEFTTarget.export)
+
+
 class PEFTTarget(abc.ABC):
-    """Where generated parameters go in the frozen main model (prefixes, LoRA, ...)."""
+    """Where generated parameters go in the frozen main model (prefixes, LoRA, ...).
+
+    A target that can be saved as an adapter folder (``hypergen adapt``) names its format in ``adapter_format``
+    and implements :meth:`export` and :meth:`load`, as each peft tuner owns its config and save format;
+    :mod:`hypergen.adapters` writes the folder atomically, stores the target's registered name beside its files
+    and dispatches on that name when loading. The defaults refuse with a one-line error.
+    """
+
+    adapter_format: str | None = None  # e.g. "lora" (peft's LoRA folder) or "prefix"; None: cannot be exported
 
     @abc.abstractmethod
     def slot_groups(self, main_model: nn.Module) -> list[SlotGroup]:
@@ -134,6 +148,23 @@ class PEFTTarget(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+    def export(self, folder: Path, params: dict[str, torch.Tensor], main_model: nn.Module,
+               base_model_name_or_path: str | None, fusion_in_decoder: bool) -> dict[str, Any]:
+        """Write one task's ``params`` ({group name: num_layers x rows x width}) as this target's weight files in
+        ``folder`` and return its adapter config (JSON-serialisable, with ``base_model_name_or_path``), which
+        :mod:`hypergen.adapters` stores as ``adapter_config.json``."""
+        raise HypergenError(f"peft target {type(self).__name__} has no adapter format (it does not implement "
+                            "export/load), so it cannot be written as an adapter folder")
+
+    @classmethod
+    def load(cls, folder: Path, config: dict[str, Any],
+             main_model: nn.Module) -> tuple["PEFTTarget", dict[str, torch.Tensor]]:
+        """Rebuild the target and its parameters ({group name: 1 x num_layers x rows x width}) from an adapter
+        folder :meth:`export` wrote (``config``: its parsed ``adapter_config.json``), checking that they fit
+        ``main_model``; a mismatch raises a one-line :class:`HypergenError` naming the file."""
+        raise HypergenError(f"{folder}: peft target {cls.__name__} has no adapter format (it does not implement "
+                            "export/load), so it cannot load an adapter folder")
 
 
 def expand_to_batch(batch: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -10,7 +10,18 @@ Slot groups, per side, attention and projection, e.g. ``"encoder.self.q.A"`` and
 d_out and holds **B transposed** (r x d_out), so both are "r rows" and the generic projector serves them (HART
 feeds one state row per layer and the projector's Linear1 expands it to r rows). For T5's q/k/v, d_in = d_model
 and d_out = n_heads * d_kv; for ``o`` it is the other way round. peft's ``lora_B.weight`` is d_out x r, the
-transpose of the slot (see :mod:`hypergen.adapters`).
+transpose of the slot.
+
+Adapter folder (``adapter_format = "lora"``: peft's format, loadable with
+``peft.PeftModel.from_pretrained(main_model, FOLDER)``)::
+
+    FOLDER/adapter_config.json        peft's LoraConfig (``LoraConfig.to_dict()``): r, lora_alpha, target_modules (a
+                                      regex matching exactly the adapted projections), task_type SEQ_2_SEQ_LM, ...
+    FOLDER/adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r x d_in) and .lora_B.weight
+                                      (d_out x r), e.g. base_model.model.encoder.block.0.layer.0.SelfAttention.q.*
+                                      (peft drops the adapter name "default" from the saved keys)
+
+:meth:`LoraTarget.load` reads such a folder (also one written by peft itself for a T5) without peft.
 
 Mechanism: :meth:`LoraTarget.prepare` registers a forward hook on each chosen ``nn.Linear``. Outside
 :meth:`LoraTarget.applied` the hook returns ``None``, so the model is exactly the stock model. Inside, each Linear
@@ -22,14 +33,18 @@ with beam search runs the decoder on B * beams rows while the encoder ran on B),
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from ...errors import HypergenError
+from ...io import atomic_save_tensors, read_safetensors
 from ...registry import registry
-from ..base import PEFTTarget, SlotGroup, expand_to_batch
+from ..base import ADAPTER_CONFIG, PEFTTarget, SlotGroup, expand_to_batch
 
 _SITE = "_hypergen_lora_site"  # on a hooked Linear: (side, attention, projection, layer index)
 _HOOK = "_hypergen_lora_hook"  # the hook's handle (prepare is idempotent)
@@ -38,6 +53,12 @@ _LORA = "_hypergen_lora"  # (A: P x r x d_in, B^T: P x r x d_out, scale) while a
 PROJECTIONS = ("q", "k", "v", "o")
 ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a T5 block, name
 SIDES = ("encoder", "decoder")
+
+LORA_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+_PEFT_KEY = re.compile(r"base_model\.model\.(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\."
+                       r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.lora_(A|B)\.weight")
+_ATTENTION_OF = {name: (att, index) for att, (index, name) in ATTENTIONS.items()}
 
 
 def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -67,6 +88,8 @@ class LoraTarget(PEFTTarget):
     ``attention`` modules ("self" and/or "cross"; cross-attention exists only in the decoder) of each side in
     ``sides``. Slot groups ``"{side}.{attention}.{projection}.A"`` (num_layers x rank x d_in) and ``".B"``
     (num_layers x rank x d_out: B transposed)."""
+
+    adapter_format = "lora"
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, targets: tuple[str, ...] | list[str] = ("q", "v"),
                  attention: tuple[str, ...] | list[str] = ("self",),
@@ -152,3 +175,116 @@ class LoraTarget(PEFTTarget):
     def describe(self) -> dict[str, Any]:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets),
                 "attention": list(self.attention), "sides": list(self.sides)}
+
+    # ------------------------------------------------------------------------------ adapter folder (peft's format)
+
+    def peft_target_modules(self) -> str:
+        """A regex (peft full-matches a string ``target_modules`` against module names) naming exactly the adapted
+        projections, e.g. ``(?:encoder\\.block\\.\\d+\\.layer\\.0\\.SelfAttention|...)\\.(?:q|v)``."""
+        stacks = []
+        for side, att in self._combos():
+            index, name = ATTENTIONS[att]
+            stacks.append(rf"{side}\.block\.\d+\.layer\.{index}\.{name}")
+        return rf"(?:{'|'.join(stacks)})\.(?:{'|'.join(self.targets)})"
+
+    def peft_state_dict(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One task's ``params`` ({group: num_layers x r x width}) under peft's saved key names.
+
+        ``lora_A.weight`` is the A slot of the layer (r x d_in); ``lora_B.weight`` is the transpose of the B slot
+        (d_out x r), so peft computes ``lora_B(lora_A(x)) * lora_alpha / r``, exactly this target's update.
+        """
+        state = {}
+        for side, att, projection, layer, _ in self.sites(main_model):
+            group = f"{side}.{att}.{projection}"
+            name = PEFT_PREFIX + module_path(side, layer, att, projection)
+            state[f"{name}.lora_A.weight"] = params[f"{group}.A"][layer].detach().float().contiguous()
+            state[f"{name}.lora_B.weight"] = params[f"{group}.B"][layer].detach().float().t().contiguous()
+        return state
+
+    def export(self, folder: Path, params: dict[str, torch.Tensor], main_model: nn.Module,
+               base_model_name_or_path: str | None, fusion_in_decoder: bool) -> dict[str, Any]:
+        """Write ``adapter_model.safetensors``; return peft's ``LoraConfig`` of this target, serialised as peft's
+        ``save_pretrained`` does (``to_dict()``, sets as lists). Fusion states are not peft's to know."""
+        from peft import LoraConfig
+
+        atomic_save_tensors(Path(folder) / LORA_WEIGHTS, self.peft_state_dict(main_model, params),
+                            metadata={"format": "pt"})
+        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.peft_target_modules(),
+                            lora_dropout=0.0, bias="none", task_type="SEQ_2_SEQ_LM", inference_mode=True,
+                            base_model_name_or_path=base_model_name_or_path)
+        return {key: list(value) if isinstance(value, set) else value for key, value in config.to_dict().items()}
+
+    @classmethod
+    def load(cls, folder: Path, config: dict[str, Any],
+             main_model: nn.Module) -> tuple["LoraTarget", dict[str, torch.Tensor]]:
+        """Rebuild the target and its parameters ({group: 1 x L x r x width}) from a peft LoRA folder, checking that
+        it fits ``main_model``: every layer of each adapted projection, with matching widths."""
+        config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / LORA_WEIGHTS
+        for key, supported in (("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False)):
+            if config.get(key, supported) != supported:
+                raise HypergenError(f"{config_file}: {key}={config[key]!r} is not supported (hypergen applies plain "
+                                    "LoRA)")
+        if config.get("rank_pattern") or config.get("alpha_pattern"):
+            raise HypergenError(f"{config_file}: rank_pattern/alpha_pattern are not supported")
+        rank, alpha = config.get("r"), config.get("lora_alpha")
+        if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, (int, float)):
+            raise HypergenError(f"{config_file}: 'r' and 'lora_alpha' must be a positive integer and a number")
+        found = _peft_weights_by_site(weights, read_safetensors(weights, "LoRA adapter weights"))
+        sides = sorted({k[0] for k in found}, key=SIDES.index)
+        attention = sorted({k[1] for k in found}, key=list(ATTENTIONS).index)
+        targets = sorted({k[2] for k in found}, key=PROJECTIONS.index)
+        try:
+            target = cls(rank=rank, alpha=float(alpha), targets=targets, attention=attention, sides=sides)
+        except ValueError as exc:
+            raise HypergenError(f"{weights}: {exc}") from None
+        expected = {(side, att, p) for side, att in target._combos() for p in target.targets}
+        if set(found) != expected:
+            raise HypergenError(f"{weights}: adapts {sorted(found)}, which is not every projection of "
+                                f"{sorted(expected)}; hypergen needs the same projections on each side")
+        layer_counts = {"encoder": main_model.config.num_layers, "decoder": main_model.config.num_decoder_layers}
+        for (side, att, projection), layers in found.items():
+            if sorted(layers) != list(range(layer_counts[side])):
+                raise HypergenError(f"{weights}: has {side} layers {_ranges(sorted(layers))} of {att}-attention "
+                                    f"{projection}, but the main model has {layer_counts[side]} {side} layers "
+                                    "(an adapter from another main model?)")
+        params: dict[str, list[torch.Tensor]] = {}
+        for side, att, projection, layer, linear in target.sites(main_model):
+            pair = found[(side, att, projection)][layer]
+            name = module_path(side, layer, att, projection)
+            if set(pair) != {"A", "B"}:
+                raise HypergenError(f"{weights}: {name} lacks lora_{'B' if 'A' in pair else 'A'}.weight")
+            a, b = pair["A"], pair["B"]
+            want_a, want_b = (rank, linear.in_features), (linear.out_features, rank)
+            if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
+                raise HypergenError(f"{weights}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, but "
+                                    f"the main model needs {want_a} and {want_b} (an adapter from another main model?)")
+            group = f"{side}.{att}.{projection}"
+            params.setdefault(f"{group}.A", []).append(a)
+            params.setdefault(f"{group}.B", []).append(b.t())
+        return target, {g: torch.stack(v)[None] for g, v in params.items()}
+
+
+def _peft_weights_by_site(weights: Path, state: dict[str, torch.Tensor]
+                          ) -> dict[tuple[str, str, str], dict[int, dict[str, torch.Tensor]]]:
+    """peft's saved LoRA tensors as {(side, attention, projection): {layer: {"A" or "B": tensor}}}; a key that is
+    not a LoRA weight of a T5 attention projection raises an error naming ``weights``."""
+    found: dict[tuple[str, str, str], dict[int, dict[str, torch.Tensor]]] = {}
+    for key, tensor in state.items():
+        match = _PEFT_KEY.fullmatch(key)
+        if not match:
+            raise HypergenError(f"{weights}: unexpected key {key!r}; expected peft LoRA keys of T5 attention "
+                                "projections (base_model.model.<side>.block.<i>.layer.<j>.<Attention>.<q|k|v|o>."
+                                "lora_<A|B>.weight)")
+        side, layer, index, name, projection, which = match.groups()
+        att, expected_index = _ATTENTION_OF[name]
+        if int(index) != expected_index:
+            raise HypergenError(f"{weights}: key {key!r} puts {name} at layer.{index}; T5 has it at "
+                                f"layer.{expected_index}")
+        found.setdefault((side, att, projection), {}).setdefault(int(layer), {})[which] = tensor
+    if not found:
+        raise HypergenError(f"{weights}: holds no LoRA weights")
+    return found
+
+
+def _ranges(values: list[int]) -> str:
+    return f"{values[0]}..{values[-1]}" if values else "(none)"

@@ -10,11 +10,20 @@ the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the mod
 exactly T5's eager attention. :meth:`PrefixTarget.applied` puts each layer's prefix on its ``SelfAttention``
 module for the duration of a ``with`` block. Prefixes are never written to the KV cache, so ``generate()`` with
 a cache and beam search work (a prefix batch of B is ``repeat_interleave``-d to match a key batch of B * beams).
+
+Adapter folder (``adapter_format = "prefix"``, hypergen's own)::
+
+    FOLDER/adapter_config.json        {"hypergen_adapter": "prefix", "length", "encoder", "decoder", "num_layers",
+                                      "num_decoder_layers", "num_heads", "d_kv", "d_model",
+                                      "base_model_name_or_path", "fusion_in_decoder"}
+    FOLDER/prefix.safetensors         "encoder.key", "encoder.value", "decoder.key", "decoder.value" (the sides it
+                                      prefixes): num_layers x length x (num_heads * d_kv)
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -23,12 +32,16 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.t5.modeling_t5 import eager_attention_forward
 
+from ...errors import HypergenError
+from ...io import atomic_save_tensors, read_safetensors
 from ...registry import registry
-from ..base import PEFTTarget, SlotGroup, expand_to_batch
+from ..base import ADAPTER_CONFIG, PEFTTarget, SlotGroup, expand_to_batch
 
 ATTN_IMPLEMENTATION = "hypergen_prefix"
 _SITE = "_hypergen_prefix_site"  # attribute on a tagged SelfAttention module: (side, layer index)
 _PREFIX = "_hypergen_prefix"  # attribute holding (keys, values), each B x n_heads x p x d_kv, while applied
+PREFIX_WEIGHTS = "prefix.safetensors"
+_MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # T5Config fields it must match
 
 
 def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -111,6 +124,8 @@ class PrefixTarget(PEFTTarget):
     Slot groups ``"{side}.key"`` / ``"{side}.value"``: num_layers x length x (num_heads * d_kv) per example.
     """
 
+    adapter_format = "prefix"
+
     def __init__(self, length: int = 32, encoder: bool = True, decoder: bool = True) -> None:
         if length < 0:
             raise ValueError(f"prefix length must be >= 0, got {length}")
@@ -168,3 +183,45 @@ class PrefixTarget(PEFTTarget):
 
     def describe(self) -> dict[str, Any]:
         return {"length": self.length, "encoder": self.encoder, "decoder": self.decoder}
+
+    # ---------------------------------------------------------------------------------------------- adapter folder
+
+    def export(self, folder: Path, params: dict[str, torch.Tensor], main_model: nn.Module,
+               base_model_name_or_path: str | None, fusion_in_decoder: bool) -> dict[str, Any]:
+        """Write ``prefix.safetensors`` (one num_layers x length x width tensor per slot group); return the config,
+        which records the main model's shape so that :meth:`load` can refuse another model."""
+        groups = [g.name for g in self.slot_groups(main_model)]
+        atomic_save_tensors(Path(folder) / PREFIX_WEIGHTS, {g: params[g].detach().float() for g in groups})
+        config = main_model.config
+        return {"hypergen_adapter": "prefix", "length": self.length, "encoder": self.encoder, "decoder": self.decoder,
+                **{key: getattr(config, key) for key in _MODEL_FIELDS},
+                "base_model_name_or_path": base_model_name_or_path, "fusion_in_decoder": fusion_in_decoder}
+
+    @classmethod
+    def load(cls, folder: Path, config: dict[str, Any],
+             main_model: nn.Module) -> tuple["PrefixTarget", dict[str, torch.Tensor]]:
+        """Rebuild the target and its prefixes ({group: 1 x L x length x width}); the sides come from the tensors
+        present. A config or tensor that does not fit ``main_model`` raises an error naming the file."""
+        config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / PREFIX_WEIGHTS
+        model_config = main_model.config
+        for key in _MODEL_FIELDS:
+            if key not in config:
+                raise HypergenError(f"{config_file}: field {key!r} is missing")
+            if config[key] != getattr(model_config, key):
+                raise HypergenError(f"{config_file}: made for a main model with {key}={config[key]}, but this main "
+                                    f"model has {key}={getattr(model_config, key)} (an adapter from another main "
+                                    "model?)")
+        length = config.get("length")
+        if not isinstance(length, int) or length < 0:
+            raise HypergenError(f"{config_file}: 'length' must be a non-negative integer, got {length!r}")
+        state = read_safetensors(weights, "prefix adapter weights")
+        target = cls(length=length, encoder="encoder.key" in state, decoder="decoder.key" in state)
+        groups = target.slot_groups(main_model)
+        if not groups or set(state) != {g.name for g in groups}:
+            raise HypergenError(f"{weights}: holds {sorted(state)}; expected encoder/decoder key/value prefixes")
+        for group in groups:
+            want = (group.num_layers, group.rows, group.width)
+            if tuple(state[group.name].shape) != want:
+                raise HypergenError(f"{weights}: {group.name} has shape {tuple(state[group.name].shape)}, but the "
+                                    f"main model needs {want} (an adapter from another main model?)")
+        return target, {g.name: state[g.name][None] for g in groups}

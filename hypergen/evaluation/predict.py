@@ -1,0 +1,46 @@
+"""``hypergen predict``: decode queries with a loaded adapter and write ``{"input", "prediction"}`` lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..io import atomic_write_text
+
+if TYPE_CHECKING:
+    from ..adapters import Adapter
+
+
+def predict(adapter: Adapter, main_model: nn.Module, tokenizer, inputs: list[str], batch_size: int = 16,
+            max_new_tokens: int | None = None, num_beams: int | None = None, max_input_length: int | None = None,
+            progress: bool = True) -> list[str]:
+    """Decode every input with the adapter applied, in batches (the same tokenization as evaluation). Unset
+    options come from the adapter's settings (the run's evaluation settings)."""
+    from tqdm.auto import tqdm
+
+    settings = adapter.settings
+    max_new_tokens = max_new_tokens or settings.get("max_new_tokens", 128)
+    num_beams = num_beams or settings.get("num_beams", 1)
+    max_input_length = max_input_length or settings.get("max_input_length", 512)
+    device = next(main_model.parameters()).device
+    predictions: list[str] = []
+    with tqdm(total=len(inputs), desc="predict", disable=not progress, leave=False) as bar:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            enc = tokenizer(chunk, max_length=max_input_length, truncation=True, padding=True, return_tensors="pt")
+            output = adapter.generate(main_model, enc["input_ids"].to(device), enc["attention_mask"].to(device),
+                                      max_new_tokens, num_beams)
+            predictions.extend(text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True))
+            bar.update(len(chunk))
+    return predictions
+
+
+def write_predictions(path: str | Path | None, inputs: list[str], predictions: list[str]) -> str:
+    """The JSONL text of ``{"input", "prediction"}`` lines, also written atomically to ``path`` when given."""
+    text = "".join(json.dumps({"input": x, "prediction": y}) + "\n" for x, y in zip(inputs, predictions))
+    if path is not None:
+        atomic_write_text(Path(path), text)
+    return text
