@@ -44,15 +44,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from .components.targets.lora import ATTENTIONS, LoraTarget, module_path
 from .components.targets.prefix import PrefixTarget
 from .data.tasks import Example, Task
 from .errors import HypergenError
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .folders import FolderKind, install_folder, prepare_output_dir
+from .io import (atomic_save_tensors, atomic_write_json, atomic_write_text, parse_json, read_json, read_safetensors,
+                 read_text, share_like_open, writing)
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
 
@@ -65,6 +65,10 @@ BASE_MODEL_DIR = "base_model"
 PEFT_PREFIX = "base_model.model."
 DEFAULT_SETTINGS = {"fusion_in_decoder": False, "max_input_length": 512, "max_new_tokens": 128, "num_beams": 1,
                     "dtype": "float32"}
+
+ADAPTER_FOLDER = FolderKind(  # hypergen_adapter.json is written by `hypergen adapt` alone: it marks the folder
+    "adapter", SETTINGS,
+    frozenset({ADAPTER_CONFIG, LORA_WEIGHTS, PREFIX_WEIGHTS, FUSION_WEIGHTS, SETTINGS, BASE_MODEL_DIR}))
 
 _PEFT_KEY = re.compile(r"base_model\.model\.(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\."
                        r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.lora_(A|B)\.weight")
@@ -221,19 +225,13 @@ def _prefix_from_folder(folder: Path, config: dict[str, Any],
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise HypergenError(f"{path}: not found; not an adapter folder written by `hypergen adapt` or peft")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise HypergenError(f"{path}: cannot read safetensors ({exc})") from None
+    return read_safetensors(path, "adapter weights")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HypergenError(f"{path}: not found; not an adapter folder written by `hypergen adapt` or peft")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, "adapter file")
     if not isinstance(data, dict):
         raise HypergenError(f"{path}: expected a JSON object")
     return data
@@ -378,18 +376,9 @@ def write_adapter(folder: Path, target, params: dict[str, torch.Tensor], main_mo
 
 def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) for each non-blank line of ``path``; errors name the file and the line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise HypergenError(f"{path}: {kind} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: cannot read {kind} ({exc})") from None
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_text(path, kind).splitlines(), start=1):
         if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HypergenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            yield number, parse_json(line, f"{path}: line {number}")
 
 
 def read_demos_file(path: str | Path) -> Task:
@@ -436,9 +425,7 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
     beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``."""
     from .models.main import save_main_model
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise HypergenError(f"--out: {out} already exists; pass --overwrite or choose another folder")
+    out = prepare_output_dir(Path(out), ADAPTER_FOLDER, overwrite, "--out")
     recipe, method = assembled.recipe, assembled.method
     task_params, text = generate_task_parameters(assembled, task)
     params = {k: v[0] for k, v in task_params.params.items()}
@@ -455,17 +442,13 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
                 "task": task.name, "demos_sha256": demos_digest(text), "peft": recipe.peft.model_dump()}
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    share_like_open(tmp, directory=True)  # mkdtemp makes it 0o700; the adapter folder gets the umask's mode
     try:
         write_adapter(tmp, method.target, params, method.main_model, base, fusion, settings)
         if recipe.main_model.tiny is not None:
-            save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-            final.rename(old / "adapter")
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+            with writing(tmp / BASE_MODEL_DIR):
+                save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
+        install_folder(tmp, final, ADAPTER_FOLDER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
