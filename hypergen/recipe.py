@@ -173,6 +173,9 @@ class Training(Strict):
     on_nonfinite: Literal["skip", "stop"] = Field(
         "skip", description="a NaN/infinite loss or gradient: skip that update (the step still counts) or stop "
         "with an error naming the step; either way it never reaches the weights or a checkpoint")
+    max_consecutive_skips: int | None = Field(
+        25, ge=1, description="stop with an error after this many skipped updates in a row (a run that has "
+        "diverged); null: never")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":
