@@ -98,8 +98,8 @@ def prepare_output_dir(folder: Path, kind: FolderKind, overwrite: bool, where: s
     one and ``overwrite`` is off; with ``overwrite`` its old entries are cleared only when the new ones are ready
     (:func:`install_folder`). Returns ``folder``."""
     if check_output_dir(folder, kind, where) and not overwrite:
-        raise HypergenError(f"{where}: {folder} already holds a hypergen {kind.name}; pass --overwrite to replace "
-                            "it or choose another folder")
+        raise HypergenError(f"{where}: {folder} already exists (a hypergen {kind.name}); pass --overwrite to "
+                            "replace it or choose another folder")
     return Path(folder)
 
 

@@ -176,7 +176,7 @@ def read_safetensors(path: Path, what: str, device: str = "cpu") -> dict[str, to
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         size = path.stat().st_size
-        raise HypergenError(f"{path}: {what} is damaged or truncated ({size} bytes; {reason})") from None
+        raise HypergenError(f"{path}: damaged or truncated {what} ({size} bytes; {reason})") from None
 
 
 def check_tensors_fit(path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:

@@ -30,11 +30,10 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
-    if resume and not overwrite:
-        final = finished_run(run_dir, resolved)
-        if final is not None:  # nothing to continue: say so and leave the run as it is
-            print(f"{run_dir}: the run is finished ({final.relative_to(run_dir)} is written); nothing to resume")
-            return run_dir
+    final = finished_run(run_dir, resolved)  # also refuses a folder that is not a run, before loading anything
+    if resume and not overwrite and final is not None:  # nothing to continue: say so, leave the run as it is
+        print(f"{run_dir}: the run is finished ({final.relative_to(run_dir)} is written); nothing to resume")
+        return run_dir
     # one process unless launched by torchrun/deepspeed (backend deepspeed: a process group of one)
     dist = setup_distributed(recipe.distributed, recipe_path, recipe.training)
     try:

@@ -184,7 +184,7 @@ def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, ov
 
 def finished_run(run_dir: Path, recipe_data: dict[str, Any]) -> Path | None:
     """The final weights of ``run_dir`` when it is a finished run of this recipe (what ``--resume`` would
-    retrain), else None."""
+    retrain), else None. Refuses a folder that is not a run (:func:`check_output_dir`), reading nothing else."""
     run_dir = Path(run_dir)
     if not check_output_dir(run_dir, RUN_FOLDER, "--output") or not (run_dir / "recipe.json").is_file():
         return None

@@ -107,7 +107,9 @@ def verify(folder: Path) -> str | None:
         return "unreadable manifest"
     for name, digest in items:
         path = folder / name
-        if not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
+        if not path.resolve().is_relative_to(folder.resolve()):
+            return f"{name} lies outside the checkpoint folder"
+        if not path.is_file():
             return f"{name} missing"
         try:
             if sha256(path) != digest:
