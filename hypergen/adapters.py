@@ -43,7 +43,8 @@ from torch import nn
 from .components.base import ADAPTER_CONFIG, PEFTTarget
 from .data.tasks import Task
 from .errors import HypergenError, UnknownComponentError
-from .io import atomic_save_tensors, atomic_write_json, read_safetensors
+from .folders import FolderKind, install_folder, prepare_output_dir
+from .io import atomic_save_tensors, atomic_write_json, read_json, read_safetensors, share_like_open, writing
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
 from .registry import registry
@@ -54,6 +55,13 @@ BASE_MODEL_DIR = "base_model"
 DEFAULT_SETTINGS = {"fusion_in_decoder": False, "max_input_length": 512, "max_new_tokens": 128, "num_beams": 1,
                     "dtype": "float32"}
 
+# What `hypergen adapt` writes (hypergen_adapter.json, written by it alone, marks the folder): --overwrite deletes
+# only these (the built-in targets' files among them); files a plugin target writes under other names are left in
+# place by --overwrite, never deleted on a guess.
+ADAPTER_FOLDER = FolderKind(
+    "adapter", SETTINGS, frozenset({ADAPTER_CONFIG, FUSION_WEIGHTS, SETTINGS, BASE_MODEL_DIR,
+                                    "adapter_model.safetensors", "prefix.safetensors"}))
+
 # Folders that name no target: (adapter_config.json field, value) -> the registered target that reads them.
 LEGACY_TARGETS = {("peft_type", "LORA"): "lora.v1", ("hypergen_adapter", "prefix"): "prefix.v1"}
 
@@ -63,10 +71,7 @@ LEGACY_TARGETS = {("peft_type", "LORA"): "lora.v1", ("hypergen_adapter", "prefix
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HypergenError(f"{path}: not found; not an adapter folder written by `hypergen adapt` or peft")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, "adapter file")
     if not isinstance(data, dict):
         raise HypergenError(f"{path}: expected a JSON object")
     return data
@@ -248,9 +253,7 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
     beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``."""
     from .models.main import save_main_model
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise HypergenError(f"--out: {out} already exists; pass --overwrite or choose another folder")
+    out = prepare_output_dir(Path(out), ADAPTER_FOLDER, overwrite, "--out")
     recipe, method = assembled.recipe, assembled.method
     task_params, text = generate_task_parameters(assembled, task)
     params = {k: v[0] for k, v in task_params.params.items()}
@@ -267,17 +270,13 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
                 "task": task.name, "demos_sha256": demos_digest(text), "peft": recipe.peft.model_dump()}
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    share_like_open(tmp, directory=True)  # mkdtemp makes it 0o700; the adapter folder gets the umask's mode
     try:
         write_adapter(tmp, method.target, params, method.main_model, base, fusion, settings)
         if recipe.main_model.tiny is not None:
-            save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-            final.rename(old / "adapter")
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+            with writing(tmp / BASE_MODEL_DIR):
+                save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
+        install_folder(tmp, final, ADAPTER_FOLDER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -79,10 +79,12 @@ def finetune(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> No
 
 
 def _print_final(run_dir: Path, no_eval: bool) -> None:
+    from .io import read_json
     from .pipeline import format_scores
 
-    if not no_eval:
-        click.echo(format_scores(json.loads((run_dir / "eval" / "scores.json").read_text())))
+    scores = run_dir / "eval" / "scores.json"
+    if not no_eval and scores.is_file():
+        click.echo(format_scores(read_json(scores, "scores file")))
     click.echo(f"run written to {run_dir}")
 
 
@@ -111,13 +113,18 @@ def eval_command(run_dir, data, split_file, max_instances, other_demos, quiet) -
 @click.option("--label", "labels", multiple=True, help="A label per run, in order (default: folder names).")
 def compare(runs, labels) -> None:
     """Print held-out EM and ROUGE-L (or rank-classification accuracy) of evaluated runs side by side."""
+    from .io import read_json
+
     labels = list(labels) + [Path(r).name for r in runs[len(labels):]]
     overalls = []
     for run in runs:
         scores_file = Path(run) / "eval" / "scores.json"
         if not scores_file.is_file():
             raise HypergenError(f"{run}: no eval/scores.json; run `hypergen eval --run {run}` first")
-        overalls.append(json.loads(scores_file.read_text())["overall"])
+        scores = read_json(scores_file, "scores file")
+        if not isinstance(scores, dict) or not isinstance(scores.get("overall"), dict):
+            raise HypergenError(f"{scores_file}: expected an object with 'overall' scores")
+        overalls.append(scores["overall"])
     columns = [("accuracy", "accuracy")] if all("accuracy" in o for o in overalls) else \
         [("exact_match", "EM"), ("rougeL", "ROUGE-L")]
     click.echo(f"{'method':<30}" + "".join(f" {title:>9}" for _, title in columns))
@@ -146,9 +153,10 @@ def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
     The run's PEFT target writes its own format: LoRA runs give a peft LoRA folder (adapter_config.json +
     adapter_model.safetensors); prefix runs give hypergen's prefix folder. A tiny main model is saved into OUT/base_model so `hypergen predict` can reload it.
     """
-    from .adapters import export_adapter
+    from .adapters import ADAPTER_FOLDER, export_adapter
     from .data.jsonl import read_demos_file
     from .data.tasks import load_task
+    from .folders import prepare_output_dir
     from .runs import load_final, read_run
     from .recipe import FinetuneRecipe
 
@@ -162,9 +170,7 @@ def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
     weights = run / "hypernetwork.safetensors"
     if isinstance(recipe, FinetuneRecipe) or not weights.is_file():
         raise HypergenError(f"{weights}: not found; --run must name a trained hypernetwork run")
-    out_path = Path(out)
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())) and not overwrite:
-        raise HypergenError(f"--out: {out_path} already exists; pass --overwrite or choose another folder")
+    out_path = prepare_output_dir(Path(out), ADAPTER_FOLDER, overwrite, "--out")  # before loading anything
     if quiet:
         _quiet_hub()
     assembled = load_final(run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from .evaluation.evaluate import evaluate
 from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
 from .recipe import apply_overrides, parse_recipe, read_recipe_dict
-from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, resolve_device, save_final
+from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
+                   save_final)
 from .training.checkpointing import enable_gradient_checkpointing
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.trainer import Trainer
@@ -29,16 +30,22 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     recipe = parse_recipe(data, recipe_path)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
+    final = finished_run(run_dir, resolved)  # also refuses a folder that is not a run, before loading anything
+    if resume and not overwrite and final is not None:  # nothing to continue: say so, leave the run as it is
+        print(f"{run_dir}: the run is finished ({final.relative_to(run_dir)} is written); nothing to resume")
+        return run_dir
     # one process unless launched by torchrun/deepspeed (backend deepspeed: a process group of one)
     dist = setup_distributed(recipe.distributed, recipe_path, recipe.training)
     try:
-        return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist)
+        with ExitStack() as held:  # the run folder's lock, released when training ends (or by the OS on a crash)
+            return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist,
+                          held)
     finally:
         teardown_distributed(dist)
 
 
 def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, resume: bool, overwrite: bool,
-           progress: bool, evaluate_after: bool, dist) -> Path:
+           progress: bool, evaluate_after: bool, dist, held: ExitStack) -> Path:
     # everything is validated (recipe, components, shapes, model, data) before the run folder is touched
     with errors_name_the_recipe(recipe_path):
         if recipe.main_model.name_or_path:
@@ -55,8 +62,8 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         switches = recipe.training.checkpointing
         enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
     with dist.main_first():
-        if dist.is_main:
-            prepare_run_dir(run_dir, resolved, resume, overwrite)
+        if dist.is_main:  # rank 0 alone writes the folder, so it alone holds the lock
+            held.enter_context(prepare_run_dir(run_dir, resolved, resume, overwrite))
     # each process samples its own tasks: seed + rank (rank 0 draws what a single process draws)
     sampler = TaskSampler(train_tasks, recipe.training.seed + dist.rank, recipe.data.queries_per_task,
                           recipe.data.proportional_sampling,

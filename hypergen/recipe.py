@@ -9,16 +9,18 @@ The defaults here are the paper's (appendix 6.1.3); the tiny recipes override th
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import RecipeError
+from .errors import HypergenError, RecipeError
+from .io import read_json
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):
@@ -171,6 +173,9 @@ class Training(Strict):
     on_nonfinite: Literal["skip", "stop"] = Field(
         "skip", description="a NaN/infinite loss or gradient: skip that update (the step still counts) or stop "
         "with an error naming the step; either way it never reaches the weights or a checkpoint")
+    max_consecutive_skips: int | None = Field(
+        25, ge=1, description="stop with an error after this many skipped updates in a row (a run that has "
+        "diverged); null: never")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":
@@ -225,38 +230,72 @@ class FinetuneRecipe(Strict):
 Recipe = HypernetRecipe | FinetuneRecipe
 
 
-def _format_error(exc: ValidationError, where: str) -> str:
+def format_validation_error(exc: ValidationError, where: str, prefix: str = "") -> str:
+    """One line: ``where: prefix.path: message (got value); ...`` for each error pydantic found."""
     parts = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"])) or "(top level)"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
-            message += f" (got {err['input']!r})"
+            message += f" (got {_short(err['input'])})"
         parts.append(f"{path}: {message}")
     return f"{where}: " + "; ".join(parts)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+MAX_DEPTH = 32  # a recipe is a few levels deep; far deeper is a mistake (and would exhaust Python's stack)
+
+
+def check_plain_json(data: Any, where: str) -> None:
+    """Refuse NaN and infinite numbers anywhere (``1e999`` parses as infinity) and nesting deeper than
+    :data:`MAX_DEPTH`, naming the field's path. Iterative, so any depth is refused cleanly."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        node, path = stack.pop()
+        name = ".".join(path) or "(top level)"
+        if len(path) > MAX_DEPTH:
+            raise RecipeError(f"{where}: {'.'.join(path[:4])}...: nested more than {MAX_DEPTH} levels deep; a recipe "
+                              "is a few levels deep")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise RecipeError(f"{where}: {name}: {node} is not a finite number; NaN and infinity are not allowed "
+                              "in a recipe")
+        if isinstance(node, dict):
+            stack.extend((value, (*path, str(key))) for key, value in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((value, (*path, str(i))) for i, value in enumerate(node))
 
 
 def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
     """Validate a recipe given as a dict; raise RecipeError naming each bad field's path."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a JSON object at the top level, got {type(data).__name__}")
+    check_plain_json(data, where)
     model = FinetuneRecipe if data.get("kind") == "finetune" else HypernetRecipe
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_error(exc, where)) from None
+        raise RecipeError(format_validation_error(exc, where)) from None
 
 
 def read_recipe_dict(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a recipe file (UTF-8, or UTF-16/32 with a byte-order mark), checked for NaN, infinity
+    and depth; every problem is one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RecipeError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        data = read_json(path, "recipe")
+    except HypergenError as exc:
+        raise RecipeError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    check_plain_json(data, str(path))
     return data
 
 
@@ -268,7 +307,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the text itself
             value = raw
         node = data
         parts = key.split(".")

@@ -2,6 +2,8 @@
 
 A run folder::
 
+    RUN/hypergen-run.json            the marker: this folder is a hypergen run (see hypergen/folders.py)
+    RUN/.hypergen.lock               locked while a process trains the run
     RUN/recipe.json                  the resolved recipe
     RUN/metrics.jsonl                one JSON line per logged step
     RUN/checkpoints/step-*/          see training/checkpoint.py
@@ -12,14 +14,12 @@ A run folder::
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from .components.build import make_component
 from .data.collate import Collator
@@ -27,7 +27,8 @@ from .data.p3 import T0_HELD_OUT, T0_TRAIN_DATASETS, load_p3
 from .data.synthetic import ensure_embedded_tasks
 from .data.tasks import Task, load_task_folder
 from .errors import HypergenError, RecipeError
-from .io import atomic_save_tensors, atomic_write_json
+from .folders import FolderKind, FolderLock, check_output_dir, clear_output_dir
+from .io import atomic_save_tensors, atomic_write_json, check_tensors_fit, read_json, read_safetensors, writing
 from .models.hypernet import HyperNetwork
 from .models.main import load_main_model
 from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
@@ -146,25 +147,60 @@ def check_target_generates(recipe: HypernetRecipe, groups) -> None:
     raise RecipeError(f"peft: {recipe.peft.name!r} with {params} gives the hypernetwork nothing to generate")
 
 
-def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run folder needs ``resume`` (same recipe) or ``overwrite``."""
-    recipe_file = run_dir / "recipe.json"
-    if recipe_file.exists() and not overwrite:
-        if not resume:
-            raise HypergenError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite")
-        if json.loads(recipe_file.read_text()) != recipe_data:
-            raise HypergenError(f"{run_dir}: holds a run of a different recipe; --resume needs the same recipe")
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(recipe_file, recipe_data)
+RUN_MARKER = "hypergen-run.json"
+RUN_FOLDER = FolderKind(
+    "run", RUN_MARKER,
+    frozenset({RUN_MARKER, "recipe.json", "metrics.jsonl", "checkpoints", "hypernetwork.safetensors", "model",
+               "eval", "eval-other-demos", "plots"}),
+    legacy=(("recipe.json", "metrics.jsonl"), ("recipe.json", "checkpoints")))
+
+
+def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, overwrite: bool) -> FolderLock:
+    """Claim ``run_dir`` for training and return its lock (held until released or the process ends).
+
+    A folder that is neither new, empty nor a hypergen run is refused (see hypergen/folders.py); an existing run
+    needs ``resume`` (same recipe) or ``overwrite`` (which deletes only what hypergen wrote there)."""
+    run_dir = Path(run_dir)
+    holds_run = check_output_dir(run_dir, RUN_FOLDER, "--output")
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(run_dir)
+    try:
+        recipe_file = run_dir / "recipe.json"
+        if holds_run and recipe_file.exists() and not overwrite:
+            if not resume:
+                raise HypergenError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite")
+            if read_json(recipe_file, "run recipe") != recipe_data:
+                raise HypergenError(f"{run_dir}: holds a run of a different recipe; --resume needs the same recipe")
+        if overwrite and holds_run:
+            clear_output_dir(run_dir, RUN_FOLDER)
+        atomic_write_json(run_dir / RUN_MARKER, {"hypergen": "run"})
+        atomic_write_json(recipe_file, recipe_data)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def finished_run(run_dir: Path, recipe_data: dict[str, Any]) -> Path | None:
+    """The final weights of ``run_dir`` when it is a finished run of this recipe (what ``--resume`` would
+    retrain), else None. Refuses a folder that is not a run (:func:`check_output_dir`), reading nothing else."""
+    run_dir = Path(run_dir)
+    if not check_output_dir(run_dir, RUN_FOLDER, "--output") or not (run_dir / "recipe.json").is_file():
+        return None
+    if read_json(run_dir / "recipe.json", "run recipe") != recipe_data:
+        return None
+    for final in (run_dir / "hypernetwork.safetensors", run_dir / "model" / "config.json"):
+        if final.is_file():
+            return final
+    return None
 
 
 def read_run(run_dir: Path) -> Recipe:
     recipe_file = Path(run_dir) / "recipe.json"
     if not recipe_file.is_file():
         raise HypergenError(f"{run_dir}: not a run folder (no recipe.json)")
-    return parse_recipe(json.loads(recipe_file.read_text()), str(recipe_file))
+    return parse_recipe(read_json(recipe_file, "run recipe"), str(recipe_file))
 
 
 def save_final(run_dir: Path, assembled: Assembled) -> None:
@@ -173,10 +209,15 @@ def save_final(run_dir: Path, assembled: Assembled) -> None:
         from .models.main import save_main_model
 
         tmp = run_dir / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_main_model(method.module, assembled.tokenizer, tmp)
-        shutil.rmtree(run_dir / "model", ignore_errors=True)
-        tmp.rename(run_dir / "model")
+        with writing(run_dir / "model"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                save_main_model(method.module, assembled.tokenizer, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(run_dir / "model", ignore_errors=True)
+            tmp.rename(run_dir / "model")
     else:
         from .training.trainer import nonfinite_tensors
 
@@ -202,10 +243,9 @@ def load_final(run_dir: Path, device: torch.device | None = None) -> Assembled:
     if not weights.is_file():
         raise HypergenError(f"{run_dir}: no hypernetwork.safetensors; did training finish?")
     assembled = assemble(recipe, device)
-    state = load_file(str(weights), device=str(assembled.device))
-    missing, unexpected = assembled.method.module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise HypergenError(f"{weights}: does not fit the recipe's hypernetwork (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
+    state = read_safetensors(weights, "final hypernetwork weights", device=str(assembled.device))
+    module = assembled.method.module
+    check_tensors_fit(weights, module.state_dict(), state)
+    module.load_state_dict(state)
     return assembled
 

@@ -3,28 +3,20 @@ that name the file and the line."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import HypergenError
+from ..io import parse_json, read_text
 from .tasks import Example, Task
 
 
 def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) for each non-blank line of ``path``; errors name the file and the line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise HypergenError(f"{path}: {kind} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HypergenError(f"{path}: cannot read {kind} ({exc})") from None
-    for number, line in enumerate(lines, start=1):
+    """(line number, parsed JSON) for each non-blank line of ``path``; errors (unreadable bytes, invalid or too
+    deeply nested JSON, non-finite numbers) name the file and the line."""
+    for number, line in enumerate(read_text(Path(path), kind).splitlines(), start=1):
         if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HypergenError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            yield number, parse_json(line, f"{path}: line {number}")
 
 
 def read_demos_file(path: str | Path) -> Task:

@@ -18,13 +18,13 @@ CPU in minutes.
 from __future__ import annotations
 
 import json
-import os
 import random
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..io import atomic_write_text
 from .tasks import Task
 
 MANIFEST = "manifest.json"
@@ -95,13 +95,6 @@ def _task_json(rng: random.Random, family: Family, left: str, right: str, num_in
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(text.encode("utf-8"))
-    os.replace(tmp, path)
-
-
 def _params(seed: int, held_out_fraction: float, instances_per_task: int, num_positive: int) -> dict:
     return {"format": "hypergen-synthetic-wrap", "version": FORMAT_VERSION, "seed": seed,
             "held_out_fraction": held_out_fraction, "instances_per_task": instances_per_task,
@@ -134,12 +127,12 @@ def write_embedded_tasks(out_dir: str | Path, seed: int = 0, held_out_fraction: 
             name = f"task_{family.name}_{index:04d}"
             index += 1
             task = _task_json(rng, family, left, right, instances_per_task, num_positive)
-            _write_atomic(tasks_dir / f"{name}.json", json.dumps(task, indent=2, ensure_ascii=False) + "\n")
+            atomic_write_text(tasks_dir / f"{name}.json", json.dumps(task, indent=2, ensure_ascii=False) + "\n")
             splits["test" if (left, right) in held else "train"].append(name)
     for split, names in splits.items():
-        _write_atomic(split_dir / f"{split}_tasks.txt", "".join(f"{name}\n" for name in names))
+        atomic_write_text(split_dir / f"{split}_tasks.txt", "".join(f"{name}\n" for name in names))
     params = _params(seed, held_out_fraction, instances_per_task, num_positive)
-    _write_atomic(out_dir / MANIFEST, json.dumps(params, indent=2) + "\n")
+    atomic_write_text(out_dir / MANIFEST, json.dumps(params, indent=2) + "\n")
     return out_dir
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TaskFormatError
+from ..errors import HypergenError, TaskFormatError
+from ..io import read_text
 
 
 @dataclass(frozen=True)
@@ -78,21 +79,30 @@ def _examples(path: Path, data: dict, field: str, required: bool) -> list[Exampl
     return [_example(path, field, i, item) for i, item in enumerate(value)]
 
 
+def _read(path: Path, what: str) -> str:
+    """The file's text (UTF-8, or with a byte-order mark UTF-8/16/32); any failure as a TaskFormatError."""
+    try:
+        return read_text(path, what)
+    except TaskFormatError:
+        raise
+    except HypergenError as exc:
+        raise TaskFormatError(str(exc)) from None
+
+
 def load_task(path: str | Path) -> Task:
     """Read one S-NI task file; the task's name is the file name without ``.json``."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _fail(path, "task file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"cannot read task file ({exc})") from None
+    text = _read(path, "task file")
     if not text.strip():
         raise _fail(path, "file is empty; expected a JSON object with 'Definition' and 'Instances'")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _fail(path, f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise _fail(path, "nested too deeply to read (hundreds of levels)") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise _fail(path, f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise _fail(path, f"top level is a JSON {type(data).__name__}; expected an object with 'Definition' and 'Instances'")
     return Task(
@@ -107,12 +117,9 @@ def load_task(path: str | Path) -> Task:
 def read_split(path: str | Path) -> list[str]:
     """Task names in a split file, one per line; blank lines and ``#`` comments are skipped."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise _fail(path, "split file not found; expected one task name per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"cannot read split file ({exc})") from None
+    if not path.exists():
+        raise _fail(path, "split file not found; expected one task name per line")
+    lines = _read(path, "split file").splitlines()
     names = [line.split("#", 1)[0].strip() for line in lines]
     return [name.removesuffix(".json") for name in names if name]
 

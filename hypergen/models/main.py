@@ -76,11 +76,15 @@ def load_main_model(spec: MainModel, device: torch.device | str = "cpu"):
         model = tiny_t5(spec.tiny, vocab_size=len(tokenizer))
     else:
         check_model_available(spec.name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path)
-        try:
+        try:  # a damaged folder fails in many ways (truncated weights, bad config, wrong shapes): one line each
+            tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path)
             model = AutoModelForSeq2SeqLM.from_pretrained(spec.name_or_path, dtype=DTYPES[spec.dtype])
-        except (OSError, ValueError) as exc:
-            raise HypergenError(f"main_model.name_or_path: cannot load {spec.name_or_path!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever transformers raises for a file it cannot read
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise HypergenError(f"main_model.name_or_path: cannot load {spec.name_or_path!r} ({type(exc).__name__}: "
+                                f"{reason})") from None
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "block"):
         raise HypergenError(f"main_model: {type(model).__name__} is not a T5-family encoder-decoder model")
     model = model.to(device=device, dtype=DTYPES[spec.dtype])

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-
 from ..errors import HypergenError
-from ..io import atomic_save_tensors, atomic_write_json, load_tree, save_tree, sha256
+from ..io import atomic_save_tensors, atomic_write_json, load_tree, read_json, read_safetensors, save_tree, sha256
+from ..io import writing
 from .faults import maybe_kill
 
 
@@ -50,10 +49,11 @@ def temporary_checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 def begin_checkpoint(run_dir: Path, step: int) -> Path:
     """Make the (empty) temporary folder of step ``step``'s checkpoint, after removing what killed saves left."""
-    checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    remove_partial_checkpoints(run_dir)
     tmp = temporary_checkpoint_dir(run_dir, step)
-    tmp.mkdir()
+    with writing(tmp):
+        checkpoint_dir(run_dir).mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(run_dir)
+        tmp.mkdir()
     return tmp
 
 
@@ -68,12 +68,14 @@ def finish_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Ten
     save_tree(tmp, "optimizer", optimizer)
     maybe_kill("during_checkpoint", step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
     save_tree(tmp, "state", state)
-    files = sorted(f for f in tmp.rglob("*") if f.is_file())
-    manifest = {f.relative_to(tmp).as_posix(): sha256(f) for f in files}
+    with writing(tmp):
+        files = sorted(f for f in tmp.rglob("*") if f.is_file())
+        manifest = {f.relative_to(tmp).as_posix(): sha256(f) for f in files}
     atomic_write_json(tmp / "manifest.json", {"step": step, "files": manifest})
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with writing(final):
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -99,27 +101,43 @@ def verify(folder: Path) -> str | None:
     if not manifest_path.is_file():
         return "no manifest (incomplete write)"
     try:
-        manifest = json.loads(manifest_path.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
+        manifest = read_json(manifest_path, "checkpoint manifest")["files"]
+        items = [(str(name), str(digest)) for name, digest in manifest.items()]
+    except (HypergenError, KeyError, TypeError, AttributeError):
         return "unreadable manifest"
-    for name, digest in manifest.items():
+    for name, digest in items:
         path = folder / name
+        if not path.resolve().is_relative_to(folder.resolve()):
+            return f"{name} lies outside the checkpoint folder"
         if not path.is_file():
             return f"{name} missing"
-        if sha256(path) != digest:
-            return f"{name} does not match its checksum (truncated or corrupted)"
+        try:
+            if sha256(path) != digest:
+                return f"{name} does not match its checksum (truncated or corrupted)"
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc})"
     return None
 
 
 def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, torch.Tensor], Any, Any] | None:
-    """The newest checkpoint that verifies, as (folder, model state, optimizer tree, state tree); None if none."""
+    """The newest checkpoint that verifies and loads, as (folder, model state, optimizer tree, state tree); None
+    if there is none."""
     for folder in reversed(list_checkpoints(run_dir)):
         problem = verify(folder)
-        if problem:
-            warnings.warn(f"skipping checkpoint {folder}: {problem}; falling back to the previous one", stacklevel=2)
-            continue
-        return folder, load_file(str(folder / "model.safetensors")), load_tree(folder, "optimizer"), \
-            load_tree(folder, "state")
+        if problem is None:
+            try:
+                return folder, read_safetensors(folder / "model.safetensors", "checkpoint weights"), \
+                    load_tree(folder, "optimizer"), _state_tree(folder)
+            except HypergenError as exc:
+                problem = str(exc)
+        warnings.warn(f"skipping checkpoint {folder}: {problem}; falling back to the previous one", stacklevel=2)
     if list_checkpoints(run_dir):
         raise HypergenError(f"{checkpoint_dir(run_dir)}: no checkpoint passed its checksum; cannot resume")
     return None
+
+
+def _state_tree(folder: Path) -> Any:
+    state = load_tree(folder, "state")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise HypergenError(f"{folder / 'state.json'}: holds no step number")
+    return state

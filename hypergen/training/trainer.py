@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from ..data.collate import Collator
 from ..data.sampling import TaskSampler
 from ..errors import HypergenError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, writing
 from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_latest_checkpoint,
                          remove_partial_checkpoints, temporary_checkpoint_dir)
 from .distributed import SINGLE, Dist, accumulation_steps, collective_device
@@ -164,11 +165,13 @@ class Trainer:
         if not self.metrics_path.is_file():
             return
         lines = []
-        for line in self.metrics_path.read_text().splitlines():
+        with writing(self.metrics_path):
+            text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a partial line: the process died while writing it
+            except (ValueError, RecursionError):
+                continue  # a partial line (the process died while writing it) or a damaged one
             if isinstance(record, dict) and record.get("step", 0) <= self.step:
                 lines.append(line)
         atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
@@ -180,6 +183,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         window: dict[str, float] = {}
         examples, started = 0, time.perf_counter()
+        skipped_in_a_row = 0
         while self.step < cfg.steps:
             self.method.train()
             self.backend.zero_grad()
@@ -197,12 +201,23 @@ class Trainer:
                 examples += batch.num_examples * self.dist.world_size
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
-            problem = self.backend.step(problem)  # the update, unless something was non-finite (then skipped)
+            try:
+                problem = self.backend.step(problem)  # the update, unless something was non-finite (then skipped)
+            except HypergenError as exc:  # the update itself overflowed (an absurd learning rate)
+                raise HypergenError(f"step {self.step + 1}: {exc}; stopped; nothing after step {self.step} was "
+                                    "checkpointed") from None
+            skipped_in_a_row = skipped_in_a_row + 1 if problem is not None else 0
             if problem is not None:
                 if cfg.on_nonfinite == "stop":
                     raise HypergenError(
                         f"step {self.step + 1}: {problem}; stopped (training.on_nonfinite is 'stop'); the weights "
                         f"were not updated and nothing after step {self.step} was checkpointed")
+                if cfg.max_consecutive_skips and skipped_in_a_row >= cfg.max_consecutive_skips:
+                    raise HypergenError(
+                        f"step {self.step + 1}: {skipped_in_a_row} updates in a row were skipped (the last: "
+                        f"{problem}); the run is not learning, stopped (training.max_consecutive_skips is "
+                        f"{cfg.max_consecutive_skips}); lower training.lr or check the data; the checkpoints "
+                        "written so far are kept")
                 bar.write(f"step {self.step + 1}: {problem}, update skipped")
                 for regularizer, reg_state in zip(self.method.regularizers, regularizer_states):
                     regularizer.load_state_dict(reg_state)  # this step's states never happened
@@ -246,16 +261,17 @@ class Trainer:
         parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
 
     def _log(self, record: dict[str, Any]) -> None:
-        """Append one line with one write and a flush, so a kill leaves at most one partial last line."""
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        """Append one line with one write, a flush and an fsync, so a kill leaves at most one partial last line; a
+        failed write (a full disk) is one line naming the file (``--resume`` drops a partial line)."""
         line = json.dumps(record) + "\n"
-        with open(self.metrics_path, "a") as handle:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as handle:
             if fault_requested("during_log", self.step):  # testing hook: die halfway through the line
                 handle.write(line[: len(line) // 2])
                 handle.flush()
                 maybe_kill("during_log", self.step)
             handle.write(line)
             handle.flush()
+            os.fsync(handle.fileno())
 
 
 class TorchBackend:
@@ -297,7 +313,14 @@ class TorchBackend:
             if not torch.isfinite(norm):
                 problem = f"non-finite gradient norm ({norm.item()})"
         if problem is None:
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # e.g. "value cannot be converted to type float without overflow"
+                if isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise HypergenError(f"the optimizer's update failed ({reason}) with training.lr {self.cfg.lr:g}; "
+                                    "lower it") from None
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # a skipped update still counts as a step
