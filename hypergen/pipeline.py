@@ -18,7 +18,7 @@ from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
 from .recipe import apply_overrides, parse_recipe, read_recipe_dict
 from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, resolve_device, save_final
-from .training.checkpointing import enable_gradient_checkpointing
+from .training.activation_recompute import enable_gradient_checkpointing
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.trainer import Trainer
 
@@ -30,7 +30,7 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
     # one process unless launched by torchrun/deepspeed (backend deepspeed: a process group of one)
-    dist = setup_distributed(recipe.distributed, recipe_path, recipe.training)
+    dist = setup_distributed(recipe.distributed, recipe_path)
     try:
         return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist)
     finally:
