@@ -28,11 +28,12 @@ from ...data.collate import Batch
 
 @runtime_checkable
 class Method(Protocol):
-    """What the Trainer and its backends use of a method.
+    """What the Trainer, its backends and the activation-recompute switches use of a method.
 
-    ``module``: the trainable nn.Module (a backend may stand in for it while the loss is computed); ``main_model``:
-    the (frozen, or for fine-tuning the same) main model; ``regularizers``: their states are checkpointed and rolled
-    back with a skipped step; ``train_demos_in_input``: share of training examples whose input holds the demos."""
+    ``module``: the trainable nn.Module (the DeepSpeed backend stands in for it while the loss is computed);
+    ``main_model``: the frozen main model (for fine-tuning: ``module`` itself); ``regularizers``: their states are
+    checkpointed, and rolled back with a skipped step; ``train_demos_in_input``: the share of training examples
+    whose input holds the demos."""
 
     module: nn.Module
     main_model: nn.Module
