@@ -40,7 +40,7 @@ from hypergen.data.collate import Batch  # noqa: E402
 from hypergen.models.main import freeze  # noqa: E402
 from hypergen.recipe import parse_recipe  # noqa: E402
 from hypergen.runs import build_hypernet_method  # noqa: E402
-from hypergen.training.checkpointing import enable_gradient_checkpointing  # noqa: E402
+from hypergen.training.activation_recompute import enable_gradient_checkpointing  # noqa: E402
 from hypergen.training.optim import make_optimizer  # noqa: E402
 
 CONFIGS = [("adamw", False), ("adamw", True), ("adam8bit", False), ("adam8bit", True)]

@@ -30,7 +30,6 @@ no ``hypergen_adapter.json`` at all: predict then uses default settings and no f
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field

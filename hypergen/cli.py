@@ -318,8 +318,8 @@ def plot_group() -> None:
 @click.option("--window", type=click.IntRange(min=1), default=10, show_default=True,
               help="Points per window for the variance and the moving average.")
 @click.option("--metric", default="loss", show_default=True,
-              help="A numeric key of metrics.jsonl: loss (prediction cross-entropy), cst (local consistency, "
-                   "unweighted), lr, examples_per_s.")
+              help="A numeric key of metrics.jsonl: loss (prediction cross-entropy), a regularizer's name (e.g. "
+                   "local_consistency: its unweighted term), lr, examples_per_s.")
 def plot_loss_command(runs, labels, out, window, metric) -> None:
     """Draw each run's METRIC against step on one PNG; print a one-line summary per run.
 

@@ -19,7 +19,7 @@ from .io import atomic_write_json, atomic_write_text
 from .recipe import apply_overrides, parse_recipe, read_recipe_dict
 from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
                    save_final)
-from .training.checkpointing import enable_gradient_checkpointing
+from .training.activation_recompute import enable_gradient_checkpointing
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.trainer import Trainer
 
@@ -35,7 +35,7 @@ def train(recipe_path: str, output: str | None, overrides: list[str], resume: bo
         print(f"{run_dir}: the run is finished ({final.relative_to(run_dir)} is written); nothing to resume")
         return run_dir
     # one process unless launched by torchrun/deepspeed (backend deepspeed: a process group of one)
-    dist = setup_distributed(recipe.distributed, recipe_path, recipe.training)
+    dist = setup_distributed(recipe.distributed, recipe_path)
     try:
         with ExitStack() as held:  # the run folder's lock, released when training ends (or by the OS on a crash)
             return _train(recipe, recipe_path, resolved, run_dir, resume, overwrite, progress, evaluate_after, dist,

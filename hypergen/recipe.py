@@ -121,7 +121,7 @@ class Distributed(Strict):
     single process, a recipe with this section trains as without it (precision still applies; ``deepspeed`` runs
     its engine in a one-process group).
 
-    ``backend: "deepspeed"`` hands the step to a DeepSpeed engine (hypergen/training/deepspeed_engine.py): ZeRO
+    ``backend: "deepspeed"`` hands the step to a DeepSpeed engine (hypergen/training/backends/deepspeed.py): ZeRO
     stage 1, 2 or 3 partitions the optimizer state (1), also the gradients (2), also the weights (3) over the
     processes; the optimizer is still hypergen's (AdamW or 8-bit Adam, as DeepSpeed's client optimizer)."""
 
@@ -148,6 +148,14 @@ class Distributed(Strict):
             raise ValueError("zero_stage: backend 'deepspeed' needs ZeRO stage 1, 2 or 3 (stage 0, plain data "
                              "parallelism, is backend 'ddp')")
         return self
+
+    def check_training(self, training: "Training") -> None:
+        """What this section cannot run with the recipe's ``training`` section: a ValueError naming the field."""
+        if self.offload_optimizer and training.optimizer == "adam8bit":
+            raise ValueError(
+                "distributed.offload_optimizer: ZeRO-Offload runs the optimizer step on the CPU with DeepSpeed's CPU "
+                "Adam; 8-bit Adam (training.optimizer 'adam8bit') cannot be offloaded. Set training.optimizer to "
+                "'adamw' (run as DeepSpeedCPUAdam) or offload_optimizer to false")
 
 
 class Training(Strict):
@@ -193,6 +201,13 @@ class Training(Strict):
         return value
 
 
+def _distributed_fits_training(recipe):
+    """A recipe validator: its ``distributed`` section can run its ``training`` section."""
+    if recipe.distributed is not None:
+        recipe.distributed.check_training(recipe.training)
+    return recipe
+
+
 class Evaluation(Strict):
     max_new_tokens: int = Field(128, ge=1)
     num_beams: int = Field(1, ge=1)
@@ -210,6 +225,8 @@ class HypernetRecipe(Strict):
     evaluation: Evaluation = Evaluation()
     distributed: Distributed | None = None
 
+    _check_distributed = model_validator(mode="after")(_distributed_fits_training)
+
 
 class FinetuneRecipe(Strict):
     """Multi-task fine-tuning of the main model itself (FT-Zero-Shot, or FT-Few-Shot with ``few_shot``)."""
@@ -225,6 +242,8 @@ class FinetuneRecipe(Strict):
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
     distributed: Distributed | None = None
+
+    _check_distributed = model_validator(mode="after")(_distributed_fits_training)
 
 
 Recipe = HypernetRecipe | FinetuneRecipe

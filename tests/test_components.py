@@ -145,7 +145,7 @@ def test_only_hypernetwork_gets_gradients(tiny_main):
     missing = [n for n, p in trainable.items() if p.grad is None]
     assert not missing, missing
     assert hypernet.generator.z.grad.abs().sum() > 0
-    assert set(parts) == {"loss", "cst"}
+    assert set(parts) == {"loss", "local_consistency"}
 
 
 def test_hypernetwork_initialised_from_main(tiny_main):

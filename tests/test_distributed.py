@@ -30,7 +30,7 @@ from hypergen.errors import HypergenError, RecipeError
 from hypergen.recipe import parse_recipe
 from hypergen.runs import assemble, load_tasks
 from hypergen.training.checkpoint import list_checkpoints
-from hypergen.training.checkpointing import enable_gradient_checkpointing
+from hypergen.training.activation_recompute import enable_gradient_checkpointing
 from hypergen.training.distributed import accumulation_steps, setup
 from hypergen.training.methods import HypernetMethod
 from hypergen.training.trainer import Trainer
@@ -157,14 +157,15 @@ def test_single_process_with_distributed_section_and_bf16(tmp_path):
 
 @needs_deepspeed
 def test_deepspeed_config_from_the_recipe(tmp_path):
-    from hypergen.training.deepspeed_engine import engine_config
+    from hypergen.training.backends.deepspeed import engine_config
 
     data = plain_recipe(tmp_path)
     data["training"]["optimizer"] = "adam8bit"
     data["distributed"] = {"backend": "deepspeed", "zero_stage": 2, "precision": "bf16", "offload_optimizer": True}
-    recipe = parse_recipe(data)
     with pytest.raises(RecipeError, match="distributed.offload_optimizer"):  # before anything is loaded
-        setup(recipe.distributed, "r.json", recipe.training)
+        parse_recipe(data, "r.json")
+    data["training"]["optimizer"] = "adamw"
+    recipe = parse_recipe(data)
     config = engine_config(recipe.distributed, recipe.training, world_size=2, accumulation=2)
     assert config["train_batch_size"] == 8 and config["train_micro_batch_size_per_gpu"] == 2
     assert config["gradient_accumulation_steps"] == 2 and config["gradient_clipping"] == 1.0

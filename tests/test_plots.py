@@ -69,10 +69,11 @@ def test_plot_loss_png_and_summary(runs):
         assert record["points"] == 10 and record["variance_points"] == 5
         assert record["variance"] == pytest.approx(expected, rel=1e-12)
     # the default --out, another metric, and no temporary files left behind
-    result = invoke("loss", "--run", str(runs["ar"]), "--metric", "cst")
+    result = invoke("loss", "--run", str(runs["ar"]), "--metric", "local_consistency")
     assert result.exit_code == 0, result.output
-    assert (runs["ar"] / "plots" / "cst.png").read_bytes().startswith(PNG_MAGIC)
-    assert sorted(p.name for p in (runs["ar"] / "plots").iterdir()) == ["cst.json", "cst.png"]
+    assert (runs["ar"] / "plots" / "local_consistency.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in (runs["ar"] / "plots").iterdir()) == ["local_consistency.json",
+                                                                        "local_consistency.png"]
 
 
 def test_plot_attention_matrices(runs):

@@ -69,7 +69,7 @@ def test_hybrid_recipes_train(tmp_path, name, consistency):
     assert result.exit_code == 0, result.output
     rows = metrics(out)
     assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
-    assert all(("cst" in r) == consistency for r in rows)
+    assert all(("local_consistency" in r) == consistency for r in rows)
 
 
 def test_hybrid_recipes_change_only_their_components():
@@ -114,8 +114,8 @@ def test_example_plugin_installs_registers_and_trains(tmp_path):
                        cwd=tmp_path)
         assert trained.returncode == 0, trained.stdout + trained.stderr
         rows = metrics(tmp_path / "run")
-        assert len(rows) == 3 and all(math.isfinite(r["loss"]) and math.isfinite(r["cst"]) for r in rows)
-        assert rows[0]["cst"] == 0.0
+        assert len(rows) == 3 and all(math.isfinite(r["loss"]) and math.isfinite(r["ema_consistency"]) for r in rows)
+        assert rows[0]["ema_consistency"] == 0.0
     finally:
         removed = _run("-m", "pip", "uninstall", "-y", "-q", "hypergen-blocks", cwd=tmp_path)
     assert removed.returncode == 0, removed.stdout + removed.stderr

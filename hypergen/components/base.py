@@ -81,8 +81,9 @@ class Generator(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, decoder: nn.Module, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
-                shape: MainModelShape, output_attentions: bool = False) -> GeneratedStates:
-        """``encoder_states``: T x n_d x d_h; ``encoder_mask``: T x n_d (1 = token, 0 = padding)."""
+                shape: MainModelShape, output_attentions: bool = False, checkpoint: bool = False) -> GeneratedStates:
+        """``encoder_states``: T x n_d x d_h; ``encoder_mask``: T x n_d (1 = token, 0 = padding); ``checkpoint``:
+        pass it on to ``run_decoder`` (recompute the decoder's activations in the backward pass)."""
 
     @abc.abstractmethod
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:

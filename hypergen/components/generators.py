@@ -28,12 +28,15 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def run_decoder(decoder: nn.Module, inputs: torch.Tensor, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
                 self_mask: torch.Tensor | None = None, cache: EncoderDecoderCache | None = None,
-                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                output_attentions: bool = False, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pass of the hypernetwork decoder (a ``T5Stack``) over ``inputs`` (T x n x d_h, used as embeddings).
 
     ``self_mask``: additive T x 1 x n x n_total mask for self-attention (None = every key visible);
-    ``encoder_mask``: T x n_d with 1 for demo tokens. Returns the final-layer-normed states T x n x d_h and,
-    if asked, the last layer's self-attention weights T x heads x n x n_total.
+    ``encoder_mask``: T x n_d with 1 for demo tokens. ``checkpoint``: recompute each block's activations in the
+    backward pass (training.gradient_checkpointing.hypernetwork); never with a ``cache`` (written in place: a
+    recomputation would write it twice), see hypergen/training/activation_recompute.py. Returns the
+    final-layer-normed states T x n x d_h and, if asked, the last layer's self-attention weights
+    T x heads x n x n_total.
     """
     cross_mask = additive_mask(encoder_mask[:, None, None, :].bool(), inputs.dtype)
     hidden = decoder.dropout(inputs)
@@ -42,9 +45,7 @@ def run_decoder(decoder: nn.Module, inputs: torch.Tensor, encoder_states: torch.
     for i, block in enumerate(decoder.block):
         if output_attentions and i == len(decoder.block) - 1:
             attentions = _self_attention_weights(block, hidden, self_mask, position_bias, cache)
-        if cache is None and getattr(decoder, "_hypergen_checkpoint_blocks", False) and torch.is_grad_enabled():
-            # training.gradient_checkpointing.hypernetwork; never with a cache (written in place: a recomputation in
-            # the backward pass would write it twice), see hypergen/training/checkpointing.py
+        if checkpoint and cache is None and torch.is_grad_enabled():
             hidden, position_bias, cross_bias = torch.utils.checkpoint.checkpoint(
                 block, hidden, self_mask, position_bias, encoder_states, cross_mask, cross_bias, use_reentrant=False)
         else:
@@ -94,12 +95,13 @@ class NonAutoregressiveGenerator(Generator):
         self.rows_per_layer = max(prefix_rows, 1)
         self.z = nn.Parameter(torch.randn(2 * self.rows_per_layer, d_model) * self.init_std)
 
-    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False) -> GeneratedStates:
+    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False,
+                checkpoint=False) -> GeneratedStates:
         num_tasks = encoder_states.shape[0]
         p = self.rows_per_layer
         z = self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1)  # T x 2p x d_h
         states, attentions = run_decoder(decoder, z, encoder_states, encoder_mask, self_mask=None,
-                                         output_attentions=output_attentions)
+                                         output_attentions=output_attentions, checkpoint=checkpoint)
         rows = {
             "encoder": [list(range(p))] * shape.num_encoder_layers,
             "decoder": [list(range(p, 2 * p))] * shape.num_decoder_layers,
@@ -130,7 +132,8 @@ class AutoregressiveGenerator(Generator):
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
         self.z = nn.Parameter(torch.randn(2, d_model) * self.init_std)
 
-    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False) -> GeneratedStates:
+    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False,
+                checkpoint=False) -> GeneratedStates:
         num_tasks = encoder_states.shape[0]
         steps = max(shape.num_encoder_layers, shape.num_decoder_layers)
         step_input = self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1)  # T x 2 x d_h
@@ -140,7 +143,7 @@ class AutoregressiveGenerator(Generator):
             for _ in range(steps):
                 # the 2 tokens of step l see each other and all earlier steps (held in the cache): no mask needed
                 h, attentions = run_decoder(decoder, step_input, encoder_states, encoder_mask, cache=cache,
-                                            output_attentions=output_attentions)
+                                            output_attentions=output_attentions, checkpoint=checkpoint)
                 outputs.append(h)
                 step_input = h
         else:
@@ -149,7 +152,7 @@ class AutoregressiveGenerator(Generator):
                 sequence = torch.cat(inputs, dim=1)  # T x 2(step+1) x d_h
                 h, attentions = run_decoder(decoder, sequence, encoder_states, encoder_mask,
                                             self_mask=self.block_causal_mask(step + 1, sequence.dtype),
-                                            output_attentions=output_attentions)
+                                            output_attentions=output_attentions, checkpoint=checkpoint)
                 outputs.append(h[:, -2:])
                 inputs.append(h[:, -2:])
         states = torch.cat(outputs, dim=1)  # T x 2L x d_h

@@ -74,6 +74,7 @@ class HyperNetwork(nn.Module):
         self.generator.build(self.d_model, self.shape, prefix_rows)
         self.projector = projector
         self.projector.build(self.d_model, groups, getattr(generator, "rows_per_layer", 1))
+        self.checkpoint_decoder = False  # recompute the decoder's activations in backward (training switches it)
         self.float()  # trainable weights stay fp32 even when the frozen main model runs in bf16
         for parameter in self.parameters():
             parameter.requires_grad_(True)
@@ -83,5 +84,5 @@ class HyperNetwork(nn.Module):
         """``demo_ids``, ``demo_mask``: T x n_d token ids of each task's demos."""
         encoder_states = self.encoder(input_ids=demo_ids, attention_mask=demo_mask).last_hidden_state  # T x n_d x d_h
         generated = self.generator(self.decoder, encoder_states, demo_mask, self.shape,
-                                   output_attentions=output_attentions)
+                                   output_attentions=output_attentions, checkpoint=self.checkpoint_decoder)
         return TaskParameters(self.projector(generated), encoder_states, demo_mask, generated)

@@ -7,6 +7,6 @@ matplotlib (Agg backend) and torch are imported inside the functions that need t
 
 from __future__ import annotations
 
-from .loss import loss_variance, read_metrics
+from .loss import load_metrics, loss_variance
 
-__all__ = ["loss_variance", "read_metrics"]
+__all__ = ["load_metrics", "loss_variance"]

@@ -1,9 +1,10 @@
 """Training-loss curves of one or more runs, and the loss variance over a sliding window.
 
-A run's ``metrics.jsonl`` holds one JSON object per logged step: ``{"step", "loss", ..., "lr", "examples_per_s"}``
-where ``loss`` is the prediction cross-entropy, ``cst`` (``cst1``, ...) the unweighted local-consistency term of
-runs that have the regularizer, and a step whose update was skipped (non-finite loss or gradient) has
-``"loss": null`` and a ``"skipped"`` reason. Any numeric key can be plotted (``metric``).
+A run's ``metrics.jsonl`` (:mod:`hypergen.training.metrics_log`) holds one JSON object per logged step:
+``{"step", "loss", ..., "lr", "examples_per_s"}`` where ``loss`` is the prediction cross-entropy, each
+regularizer's unweighted term is under its registered name (``local_consistency``; a second one of the same name
+``local_consistency_2``), and a step whose update was skipped (non-finite loss or gradient) has ``"loss": null``
+and a ``"skipped"`` reason. Any numeric key can be plotted (``metric``).
 
 The loss variance (:func:`loss_variance`), the number printed and written beside the plot::
 
@@ -21,7 +22,6 @@ adds little), e.g. to compare the stability of HART and HyperTuning. Points are 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import HypergenError
 from ..io import atomic_write_json
+from ..training.metrics_log import METRICS_FILE, read_metrics
 
 DEFINITION = ("mean, over every window of W consecutive logged points with a finite value in the second half of "
               "training (step > last logged step / 2), of the population variance (ddof 0) of the metric within "
@@ -62,24 +63,17 @@ def loss_variance(steps: Sequence[float], losses: Sequence[float | None], window
     return float(windows.var(axis=1).mean())
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl``, in file order (a half-written last line is left out)."""
+def load_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` in file order (a half-written last line is left out); a missing
+    run folder or log, or a log without steps, is an error naming it."""
     run = Path(run_dir)
     if not run.is_dir():
         raise HypergenError(f"--run: {run} does not exist")
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise HypergenError(f"{run}: no metrics.jsonl (not a run folder, or training has logged nothing yet)")
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-            records.append(record)
+    if not (run / METRICS_FILE).is_file():
+        raise HypergenError(f"{run}: no {METRICS_FILE} (not a run folder, or training has logged nothing yet)")
+    records = read_metrics(run)
     if not records:
-        raise HypergenError(f"{path}: no logged steps")
+        raise HypergenError(f"{run / METRICS_FILE}: no logged steps")
     return records
 
 
@@ -104,7 +98,7 @@ def metric_series(records: list[dict[str, Any]], metric: str, source: str = "met
 def summarize(label: str, run_dir: Path, records: list[dict[str, Any]], metric: str, window: int) -> dict[str, Any]:
     """One run's summary: points, step range, first / final (mean of the last ``window`` points) / min value, the
     sliding-window variance and how many steps were skipped."""
-    steps, values = metric_series(records, metric, f"{Path(run_dir) / 'metrics.jsonl'}")
+    steps, values = metric_series(records, metric, f"{Path(run_dir) / METRICS_FILE}")
     finite = np.isfinite(values)
     kept = values[finite]
     variance = loss_variance(steps.tolist(), values.tolist(), window)
@@ -146,7 +140,7 @@ def plot_loss(runs: Sequence[str | Path], labels: Sequence[str] = (), out: str |
     if len(labels) > len(runs):
         raise HypergenError(f"--label: {len(labels)} labels for {len(runs)} runs")
     names = list(labels) + [Path(r).name or str(r) for r in runs[len(labels):]]
-    loaded = [(name, Path(run), read_metrics(Path(run))) for name, run in zip(names, runs)]
+    loaded = [(name, Path(run), load_metrics(Path(run))) for name, run in zip(names, runs)]
     summaries = [summarize(name, run, records, metric, window) for name, run, records in loaded]
     png = Path(out) if out else Path(runs[0]) / "plots" / f"{metric}.png"
     if png.suffix.lower() != ".png":

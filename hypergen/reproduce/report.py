@@ -106,7 +106,7 @@ def findings(runs: dict[str, Any]) -> list[str]:
 
 def _figure(runs: dict[str, Any], keys: list[str], out: Path, title: str) -> list[str]:
     """Loss curves of seed 0 of ``keys``, and the loss variance (mean over seeds) of each."""
-    from ..plots.loss import plot_loss, read_metrics, summarize
+    from ..plots.loss import load_metrics, plot_loss, summarize
 
     present = [k for k in keys if "run" in runs.get(k, {}).get("0", {})]
     if len(present) < 2:
@@ -122,7 +122,7 @@ def _figure(runs: dict[str, Any], keys: list[str], out: Path, title: str) -> lis
         for seed, entry in sorted(runs[key].items()):
             if "run" not in entry:
                 continue
-            summary = summarize(METHODS[key].label, Path(entry["run"]), read_metrics(Path(entry["run"])), "loss",
+            summary = summarize(METHODS[key].label, Path(entry["run"]), load_metrics(Path(entry["run"])), "loss",
                                 LOSS_WINDOW)
             if summary["variance"] is not None:
                 variances.append(summary["variance"])

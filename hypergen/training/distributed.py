@@ -9,6 +9,7 @@ the DeepSpeed engine needs one; :func:`teardown` leaves it again.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
@@ -97,20 +98,20 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(section, where: str = "recipe", training=None) -> Dist:
+def setup(section, where: str = "recipe") -> Dist:
     """Join the process group a launcher set up, per the recipe's ``distributed`` section (None: one process).
 
-    ``training`` (the recipe's section) lets a ``deepspeed`` recipe be checked against it before anything loads."""
+    A ``deepspeed`` recipe is refused here, before anything loads, when DeepSpeed is not installed (what it cannot
+    run with the ``training`` section the recipe's validation refuses)."""
     world = launched_world_size()
     if section is None:
         if world > 1:
             raise RecipeError(f"{where}: launched as {world} processes but the recipe has no 'distributed' section; "
                               "add one (e.g. \"distributed\": {\"backend\": \"ddp\"}) or run a single process")
         return SINGLE
-    if section.backend == "deepspeed" and training is not None:
-        from .deepspeed_engine import check_recipe  # imports no DeepSpeed
-
-        check_recipe(section, training, where)
+    if section.backend == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError(f"{where}: distributed.backend 'deepspeed': DeepSpeed is not installed; pip install "
+                          "'hypergen[scale]' (or deepspeed), or use backend 'ddp'")
     if (section.world_size is not None and 1 < world != section.world_size
             and int(os.environ.get("RANK", "0")) == 0):  # one process is a deliberate choice (a test, a debug run)
         warnings.warn(f"{where}: distributed.world_size is {section.world_size} but {world} process(es) were "

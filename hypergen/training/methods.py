@@ -1,11 +1,16 @@
 """What is trained: a hypernetwork over a frozen main model, or the main model itself (fine-tuning baselines).
 
-Both offer the same small surface to the Trainer and the evaluator:
+Both offer the same small surface to the Trainer (:class:`.backends.base.Method`) and the evaluator:
 ``module`` (the trainable nn.Module), ``loss(batch, step) -> (loss, parts)``, ``adapt(batch)`` (task parameters
 from a batch's demos, or None) and ``generate(batch, adapted) -> token ids``.
+
+``parts`` (what ``metrics.jsonl`` logs): ``loss``, the prediction cross-entropy, and each regularizer's unweighted
+term under its registered name (:func:`regularizer_keys`).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -14,6 +19,9 @@ from ..components.base import PEFTTarget, Regularizer
 from ..data.collate import Batch
 from ..models.adapted import adapted_generate, adapted_loss, adapted_logits
 from ..models.hypernet import HyperNetwork, TaskParameters
+from ..registry import registry
+
+RECORD_KEYS = ("step", "loss", "skipped", "lr", "examples_per_s", "eval")  # a metrics.jsonl record's own keys
 
 
 class HypernetMethod:
@@ -28,6 +36,7 @@ class HypernetMethod:
         self.module = hypernet
         self.target = target
         self.regularizers = regularizers
+        self.regularizer_keys = regularizer_keys(regularizers)
         self.fusion = fusion
         self.eval_cfg = eval_cfg
 
@@ -37,10 +46,10 @@ class HypernetMethod:
         pred = adapted_loss(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
                             batch.labels, self.fusion)
         total, parts = pred, {"loss": float(pred.detach())}
-        for i, regularizer in enumerate(self.regularizers):
+        for key, regularizer in zip(self.regularizer_keys, self.regularizers):
             value = regularizer.loss(task_params.generated.states, step)
             total = total + regularizer.alpha * value
-            parts[f"cst{i}" if i else "cst"] = float(value.detach())
+            parts[key] = float(value.detach())
         return total, parts
 
     @torch.no_grad()
@@ -105,6 +114,25 @@ class FinetuneMethod:
 
     def eval(self) -> None:
         self.module.eval()
+
+
+def regularizer_keys(regularizers: list[Regularizer]) -> list[str]:
+    """The logged key of each regularizer's term: the name it is registered under, without a version (a recipe's
+    ``local_consistency`` or ``local_consistency.v1``: ``local_consistency``), or its class name when it is not
+    registered. A name already taken (a second regularizer of the same name, or a record key such as ``loss``)
+    gets a suffix: ``local_consistency_2``, ``local_consistency_3``, ..."""
+    registered: dict[object, str] = {}
+    for name, factory in sorted(registry.entries("regularizers").items(), reverse=True):
+        registered[factory] = re.sub(r"\.v\d+$", "", name)  # the smallest name wins when there are several
+    keys: list[str] = []
+    for regularizer in regularizers:
+        base = registered.get(type(regularizer), type(regularizer).__name__)
+        key, count = base, 1
+        while key in keys or key in RECORD_KEYS:
+            count += 1
+            key = f"{base}_{count}"
+        keys.append(key)
+    return keys
 
 
 def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -16,18 +16,14 @@ step, so every process holds the same weights and optimizer state; the logged lo
 Rank 0 alone logs and writes checkpoints; a checkpoint holds every process's sampler, RNG and regularizer states
 (gathered), so a run resumes with the same number of processes exactly where it stopped.
 
-The backward pass and the update belong to a backend: :class:`TorchBackend` (one process, or ``ddp``: hypergen's
-optimizer, gradients all-reduced here) or, with ``distributed.backend: "deepspeed"``, the DeepSpeed engine
-(:mod:`.deepspeed_engine`). The loop is the same for both: ``forward`` (the loss), ``backward_if_finite`` (checks
-the loss first), ``step`` (the update, or its skip), and ``full_weights`` / ``save`` / ``load`` / ``finish`` for
-checkpoints and the final weights."""
+The backward pass and the update belong to a backend (:mod:`.backends`, picked by :func:`.backends.make_backend`):
+hypergen's optimizer in one process or with ``ddp``, or with ``distributed.backend: "deepspeed"`` the DeepSpeed
+engine. The loop is the same for both; :class:`.backends.base.Backend` lists what it calls."""
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import random
 import shutil
 import time
@@ -41,16 +37,17 @@ from tqdm.auto import tqdm
 from ..data.collate import Collator
 from ..data.sampling import TaskSampler
 from ..errors import HypergenError
-from ..io import atomic_write_text, writing
+from .backends import make_backend
+from .backends.base import Method
 from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_latest_checkpoint,
                          remove_partial_checkpoints, temporary_checkpoint_dir)
 from .distributed import SINGLE, Dist, accumulation_steps, collective_device
-from .faults import fault_requested, maybe_kill
-from .optim import linear_schedule, make_optimizer
+from .faults import maybe_kill
+from .metrics_log import append_metrics, truncate_metrics
 
 
 class Trainer:
-    def __init__(self, method, sampler: TaskSampler, collator: Collator, cfg, run_dir: Path, device,
+    def __init__(self, method: Method, sampler: TaskSampler, collator: Collator, cfg, run_dir: Path, device,
                  evaluate_fn: Callable[[], dict[str, Any]] | None = None, progress: bool = True,
                  dist: Dist = SINGLE, precision: str = "fp32", distributed=None) -> None:
         """``distributed``: the recipe's section (None: one process or ddp, per ``dist``); its backend
@@ -67,15 +64,9 @@ class Trainer:
         self.progress = progress and dist.is_main
         self.autocast = precision == "bf16"
         self.accumulation = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, dist.world_size)
-        if distributed is not None and distributed.backend == "deepspeed":
-            from .deepspeed_engine import DeepSpeedBackend
-
-            self.backend = DeepSpeedBackend(method, cfg, distributed, dist, self.accumulation)
-        else:
-            self.backend = TorchBackend(method, cfg, dist, self.accumulation)
+        self.backend = make_backend(method, cfg, distributed, dist, self.accumulation)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
         self.step = 0
-        self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -102,18 +93,15 @@ class Trainer:
         if self.dist.any(bool(bad)):  # every process stops here, before anything is written
             raise HypergenError(f"step {self.step}: weights {', '.join(bad[:3]) or 'of rank 0'} hold NaN or "
                                 "infinite values; refusing to write a checkpoint of them")
-        if self.backend.writes_own_state:  # the engine's files go into the same temporary folder
-            if self.dist.is_main:
-                begin_checkpoint(self.run_dir, self.step)
-            self.dist.barrier()
-            self.backend.save(temporary_checkpoint_dir(self.run_dir, self.step))
-            self.dist.barrier()
+        if self.dist.is_main:
+            begin_checkpoint(self.run_dir, self.step)
+        self.dist.barrier()
+        self.backend.save(temporary_checkpoint_dir(self.run_dir, self.step))  # the backend's own files, if any
+        self.dist.barrier()
         if not self.dist.is_main:
             self.dist.barrier()
             return None
         try:
-            if not self.backend.writes_own_state:
-                begin_checkpoint(self.run_dir, self.step)
             return finish_checkpoint(self.run_dir, self.step, weights, self.backend.optimizer_state(), state,
                                      self.cfg.keep_checkpoints)
         finally:
@@ -136,7 +124,7 @@ class Trainer:
         if found is None:
             self.step = 0
             if self.dist.is_main:
-                self._truncate_metrics()
+                truncate_metrics(self.run_dir, self.step)
             return False
         folder, model_state, optimizer, state = found
         saved_world = state.get("world_size", 1) if isinstance(state, dict) else 1
@@ -148,105 +136,104 @@ class Trainer:
         self.backend.load(folder, model_state, optimizer)
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
-        for regularizer, reg_state in zip(self.method.regularizers, state["regularizers"]):
-            regularizer.load_state_dict(reg_state)
+        self._load_regularizers(state["regularizers"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(_tupled(state["python_rng"]))
         if self.dist.is_main:
             for newer in list_checkpoints(self.run_dir):
                 if newer.name > folder.name:  # failed verification: would only be mistaken for a valid one later
                     shutil.rmtree(newer, ignore_errors=True)
-            self._truncate_metrics()
+            truncate_metrics(self.run_dir, self.step)
         self.dist.barrier()
         return True
 
-    def _truncate_metrics(self) -> None:
-        """Drop log lines written after the checkpoint we resume from, and any line a kill cut in half."""
-        if not self.metrics_path.is_file():
-            return
-        lines = []
-        with writing(self.metrics_path):
-            text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                continue  # a partial line (the process died while writing it) or a damaged one
-            if isinstance(record, dict) and record.get("step", 0) <= self.step:
-                lines.append(line)
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
+    def _load_regularizers(self, states: list[dict[str, Any]]) -> None:
+        for regularizer, reg_state in zip(self.method.regularizers, states):
+            regularizer.load_state_dict(reg_state)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
+        """Train from ``self.step`` to ``training.steps``; return one record per step (what rank 0 logs)."""
         cfg = self.cfg
         history: list[dict[str, Any]] = []
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
-        window: dict[str, float] = {}
+        smoothed: dict[str, float] = {}  # the progress bar's moving averages
         examples, started = 0, time.perf_counter()
-        skipped_in_a_row = 0
+        self.skipped_in_a_row = 0  # consecutive skipped updates (training.max_consecutive_skips)
         while self.step < cfg.steps:
-            self.method.train()
-            self.backend.zero_grad()
-            parts_sum: dict[str, Any] = {}
             regularizer_states = [copy.deepcopy(r.state_dict()) for r in self.method.regularizers]
-            problem = None
-            for micro in range(self.accumulation):
-                batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
-                                      demos_in_input=self.method.train_demos_in_input).to(self.device)
-                with self._autocast(), self.backend.forward():
-                    loss, parts = self.method.loss(batch, self.step)
-                problem = self.backend.backward_if_finite(loss, last=micro == self.accumulation - 1)
-                if problem is not None:
-                    break
-                examples += batch.num_examples * self.dist.world_size
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
+            parts, seen, problem = self._accumulate()
             try:
                 problem = self.backend.step(problem)  # the update, unless something was non-finite (then skipped)
             except HypergenError as exc:  # the update itself overflowed (an absurd learning rate)
                 raise HypergenError(f"step {self.step + 1}: {exc}; stopped; nothing after step {self.step} was "
                                     "checkpointed") from None
-            skipped_in_a_row = skipped_in_a_row + 1 if problem is not None else 0
+            self.skipped_in_a_row = self.skipped_in_a_row + 1 if problem is not None else 0
             if problem is not None:
-                if cfg.on_nonfinite == "stop":
-                    raise HypergenError(
-                        f"step {self.step + 1}: {problem}; stopped (training.on_nonfinite is 'stop'); the weights "
-                        f"were not updated and nothing after step {self.step} was checkpointed")
-                if cfg.max_consecutive_skips and skipped_in_a_row >= cfg.max_consecutive_skips:
-                    raise HypergenError(
-                        f"step {self.step + 1}: {skipped_in_a_row} updates in a row were skipped (the last: "
-                        f"{problem}); the run is not learning, stopped (training.max_consecutive_skips is "
-                        f"{cfg.max_consecutive_skips}); lower training.lr or check the data; the checkpoints "
-                        "written so far are kept")
-                bar.write(f"step {self.step + 1}: {problem}, update skipped")
-                for regularizer, reg_state in zip(self.method.regularizers, regularizer_states):
-                    regularizer.load_state_dict(reg_state)  # this step's states never happened
-                parts_sum = {"loss": None, "skipped": problem}
+                self._skipped(problem, bar)
+                self._load_regularizers(regularizer_states)  # this step's states never happened
+                parts = {"loss": None, "skipped": problem}
             else:
-                self._average_parts(parts_sum)
+                self._average_parts(parts)
             self.step += 1
-            for k, v in parts_sum.items():
-                if not isinstance(v, float):
-                    continue
-                window[k] = v if k not in window or math.isnan(window[k]) else 0.9 * window[k] + 0.1 * v
+            examples += seen
             rate = examples / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in window.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
+            _smooth(smoothed, parts)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in smoothed.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
             bar.update(1)
-            record = {"step": self.step, **parts_sum, "lr": self.backend.lr(), "examples_per_s": rate}
-            if (self.evaluate_fn and cfg.eval_every and self.step % cfg.eval_every == 0
-                    and (self.dist.is_main or self.backend.evaluate_on_every_rank)):
+            record = {"step": self.step, **parts, "lr": self.backend.lr(), "examples_per_s": rate}
+            if self._evaluates_now():
                 with self.backend.eval_context():
                     record["eval"] = self.evaluate_fn()["overall"]
                 bar.write(f"step {self.step}: eval {record['eval']}")
             history.append(record)
             if self.dist.is_main and (self.step % cfg.log_every == 0 or "eval" in record or self.step == cfg.steps):
-                self._log(record)
+                append_metrics(self.run_dir, record)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
         bar.close()
         self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
+
+    def _accumulate(self) -> tuple[dict[str, Any], int, str | None]:
+        """The forward and backward passes of one step's micro-batches: (the loss parts averaged over them, the
+        examples seen by all processes, None or why the step must be dropped: then it stops at that micro-batch)."""
+        self.method.train()
+        self.backend.zero_grad()
+        parts_sum: dict[str, Any] = {}
+        seen = 0
+        for micro in range(self.accumulation):
+            batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
+                                  demos_in_input=self.method.train_demos_in_input).to(self.device)
+            with self._autocast(), self.backend.forward():
+                loss, parts = self.method.loss(batch, self.step)
+            problem = self.backend.backward_if_finite(loss, last=micro == self.accumulation - 1)
+            if problem is not None:
+                return parts_sum, seen, problem
+            seen += batch.num_examples * self.dist.world_size
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
+        return parts_sum, seen, None
+
+    def _skipped(self, problem: str, bar) -> None:
+        """A dropped update: stop (``training.on_nonfinite`` "stop") or say so and go on."""
+        if self.cfg.on_nonfinite == "stop":
+            raise HypergenError(
+                f"step {self.step + 1}: {problem}; stopped (training.on_nonfinite is 'stop'); the weights "
+                f"were not updated and nothing after step {self.step} was checkpointed")
+        limit = self.cfg.max_consecutive_skips
+        if limit and self.skipped_in_a_row >= limit:
+            raise HypergenError(
+                f"step {self.step + 1}: {self.skipped_in_a_row} updates in a row were skipped (the last: {problem}); "
+                f"the run is not learning, stopped (training.max_consecutive_skips is {limit}); lower training.lr "
+                "or check the data; the checkpoints written so far are kept")
+        bar.write(f"step {self.step + 1}: {problem}, update skipped")
+
+    def _evaluates_now(self) -> bool:
+        """A periodic evaluation at this step, in this process."""
+        return bool(self.evaluate_fn and self.cfg.eval_every and self.step % self.cfg.eval_every == 0
+                    and (self.dist.is_main or self.backend.evaluate_on_every_rank))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
@@ -260,109 +247,12 @@ class Trainer:
         self.dist.all_reduce_mean_([values])
         parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
 
-    def _log(self, record: dict[str, Any]) -> None:
-        """Append one line with one write, a flush and an fsync, so a kill leaves at most one partial last line; a
-        failed write (a full disk) is one line naming the file (``--resume`` drops a partial line)."""
-        line = json.dumps(record) + "\n"
-        with writing(self.metrics_path), open(self.metrics_path, "a") as handle:
-            if fault_requested("during_log", self.step):  # testing hook: die halfway through the line
-                handle.write(line[: len(line) // 2])
-                handle.flush()
-                maybe_kill("during_log", self.step)
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
 
-
-class TorchBackend:
-    """hypergen's own update: the optimizer (AdamW or 8-bit Adam) and linear schedule, in one process or with the
-    gradients all-reduced over the processes (``ddp``) before clipping and the step."""
-
-    name = "torch"
-    writes_own_state = False
-    evaluate_on_every_rank = False
-
-    def __init__(self, method, cfg, dist: Dist, accumulation: int) -> None:
-        self.method, self.cfg, self.dist, self.accumulation = method, cfg, dist, accumulation
-        self.optimizer = make_optimizer(method.module.parameters(), cfg)
-        self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
-
-    def forward(self):
-        return nullcontext()
-
-    def eval_context(self):
-        return nullcontext()
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def backward_if_finite(self, loss: torch.Tensor, last: bool) -> str | None:
-        if not torch.isfinite(loss):
-            return f"non-finite loss ({loss.item()})"
-        (loss / self.accumulation).backward()
-        return None
-
-    def step(self, problem: str | None) -> str | None:
-        if self.dist.active:  # one process's non-finite loss stops the update on all of them
-            if self.dist.any(problem is not None) and problem is None:
-                problem = "non-finite loss in another process"
-            if problem is None:
-                self._average_gradients()
-        if problem is None:
-            norm = self._grad_norm()
-            if not torch.isfinite(norm):
-                problem = f"non-finite gradient norm ({norm.item()})"
-        if problem is None:
-            try:
-                self.optimizer.step()
-            except RuntimeError as exc:  # e.g. "value cannot be converted to type float without overflow"
-                if isinstance(exc, torch.OutOfMemoryError):
-                    raise
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-                raise HypergenError(f"the optimizer's update failed ({reason}) with training.lr {self.cfg.lr:g}; "
-                                    "lower it") from None
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()  # a skipped update still counts as a step
-        return problem
-
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def _average_gradients(self) -> None:
-        """Average the gradients over the processes: one all-reduce."""
-        params = [p for p in self.method.module.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # unused here: every process must all-reduce the same tensors
-                p.grad = torch.zeros_like(p)
-        self.dist.all_reduce_mean_([p.grad for p in params])
-
-    def _grad_norm(self) -> torch.Tensor:
-        """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""
-        params = [p for p in self.method.module.parameters() if p.grad is not None]
-        if not params:
-            return torch.zeros(())
-        if self.cfg.max_grad_norm:
-            return torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
-
-    def full_weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.method.module.state_dict())
-
-    def optimizer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load(self, folder: Path, model_state: dict[str, torch.Tensor], optimizer: Any) -> None:
-        if not isinstance(optimizer, dict) or "optimizer" not in optimizer:
-            raise HypergenError(f"{folder}: written by a run with distributed.backend "
-                                f"'{optimizer.get('backend') if isinstance(optimizer, dict) else '?'}'; resume it "
-                                "with the backend that wrote it")
-        self.method.module.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer["optimizer"])
-        self.scheduler.load_state_dict(optimizer["scheduler"])
-
-    def finish(self) -> None:
-        """Nothing to do: the module holds the trained weights."""
+def _smooth(smoothed: dict[str, float], parts: dict[str, Any]) -> None:
+    """Update the progress bar's exponential moving averages (0.9) with this step's float parts, in place."""
+    for k, v in parts.items():
+        if isinstance(v, float):
+            smoothed[k] = v if k not in smoothed or math.isnan(smoothed[k]) else 0.9 * smoothed[k] + 0.1 * v
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:

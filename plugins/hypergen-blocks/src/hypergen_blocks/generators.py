@@ -40,7 +40,8 @@ class BlockwiseGenerator(Generator):
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
         self.z = nn.Parameter(torch.randn(2 * self.block_size, d_model) * self.init_std)
 
-    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False) -> GeneratedStates:
+    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False,
+                checkpoint=False) -> GeneratedStates:
         num_tasks = encoder_states.shape[0]
         num_layers = max(shape.num_encoder_layers, shape.num_decoder_layers)
         steps = math.ceil(num_layers / self.block_size)
@@ -50,7 +51,7 @@ class BlockwiseGenerator(Generator):
         attentions = None
         for _ in range(steps):
             h, attentions = run_decoder(decoder, step_input, encoder_states, encoder_mask, cache=cache,
-                                        output_attentions=output_attentions)
+                                        output_attentions=output_attentions, checkpoint=checkpoint)
             outputs.append(h)
             step_input = h
         states = torch.cat(outputs, dim=1)[:, : 2 * num_layers]  # T x 2L x d_h

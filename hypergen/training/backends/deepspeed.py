@@ -1,8 +1,8 @@
 """The DeepSpeed engine behind ``distributed.backend: "deepspeed"``: build it and its config from the recipe, run
 its backward and step for the Trainer, gather the full fp32 weights, save and load its own state.
 
-The Trainer's loop is the same for every backend; this module is the DeepSpeed side of it (the torch side is
-``TorchBackend`` in trainer.py). What the engine is given:
+The Trainer's loop is the same for every backend (:mod:`.base`); this module is the DeepSpeed side of it (the torch
+side is :mod:`.torch`). What the engine is given:
 
 * the trained module (the hypernetwork, or the main model for fine-tuning), wrapped so that its forward returns its
   output's tensors in a tuple: DeepSpeed finds the tensors it hooks (ZeRO-3 re-gathers weights for backward from
@@ -11,7 +11,7 @@ The Trainer's loop is the same for every backend; this module is the DeepSpeed s
   ``module`` calls go through the engine and get the dataclass back;
 * hypergen's own optimizer as DeepSpeed's client optimizer: AdamW, or bitsandbytes' 8-bit Adam (with the same
   fallback warning as without DeepSpeed); with ``offload_optimizer`` DeepSpeed's CPU Adam (the AdamW update) since
-  ZeRO-Offload steps on the CPU, and 8-bit Adam is refused there (:func:`check_recipe`);
+  ZeRO-Offload steps on the CPU, and 8-bit Adam is refused there (by the recipe's validation);
 * hypergen's linear schedule, stepped by the engine after each applied update (and here after a skipped one, so
   that the schedule counts every step, as without DeepSpeed);
 * the config (:func:`engine_config`): ``train_batch_size`` = training.batch_size, micro-batches of
@@ -52,7 +52,6 @@ folder), so later runs reuse it.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 from contextlib import contextmanager, nullcontext
@@ -62,24 +61,14 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ..errors import HypergenError, RecipeError
-from .distributed import Dist
-from .optim import linear_schedule, make_optimizer
+from ...components.base import Generator
+from ...errors import HypergenError, RecipeError
+from ..distributed import Dist
+from ..optim import linear_schedule, make_optimizer
+from .base import Method
 
 ENGINE_DIR = "deepspeed"  # the engine's sub-folder of a checkpoint
 ENGINE_TAG = "engine"     # DeepSpeed's tag (one more folder level) inside it
-
-
-def check_recipe(section, training, where: str = "recipe") -> None:
-    """What DeepSpeed cannot run, as a recipe error before anything is loaded."""
-    if importlib.util.find_spec("deepspeed") is None:
-        raise RecipeError(f"{where}: distributed.backend 'deepspeed': DeepSpeed is not installed; pip install "
-                          "'hypergen[scale]' (or deepspeed), or use backend 'ddp'")
-    if section.offload_optimizer and training.optimizer == "adam8bit":
-        raise RecipeError(
-            f"{where}: distributed.offload_optimizer: ZeRO-Offload runs the optimizer step on the CPU with "
-            "DeepSpeed's CPU Adam; 8-bit Adam (training.optimizer 'adam8bit') cannot be offloaded. Set "
-            "training.optimizer to 'adamw' (run as DeepSpeedCPUAdam) or offload_optimizer to false")
 
 
 def engine_config(section, training, world_size: int, accumulation: int) -> dict[str, Any]:
@@ -109,7 +98,7 @@ def default_extensions_dir() -> None:
     in the repository hypergen runs from (an editable install), else in the current folder."""
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return
-    repository = Path(__file__).resolve().parents[2]
+    repository = Path(__file__).resolve().parents[3]
     root = repository if (repository / "pyproject.toml").is_file() else Path.cwd()
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root / ".cache" / "torch_extensions")
 
@@ -140,12 +129,9 @@ class _HandledOutputs(logging.Filter):
 
 
 class DeepSpeedBackend:
-    """The engine as the Trainer's backend: ``forward``, ``backward_if_finite``, ``step`` and the state calls."""
+    """The engine as the Trainer's :class:`~hypergen.training.backends.base.Backend`."""
 
-    name = "deepspeed"
-    writes_own_state = True  # save() writes the engine's files into the checkpoint folder
-
-    def __init__(self, method, cfg, section, dist: Dist, accumulation: int) -> None:
+    def __init__(self, method: Method, cfg, section, dist: Dist, accumulation: int) -> None:
         deepspeed = import_deepspeed()
         self.method, self.cfg, self.section, self.dist = method, cfg, section, dist
         self.accumulation = accumulation
@@ -276,9 +262,9 @@ class DeepSpeedBackend:
 
 
 def client_optimizer(module: nn.Module, cfg, section) -> torch.optim.Optimizer:
-    """hypergen's optimizer for the engine: AdamW or 8-bit Adam; with ZeRO-Offload DeepSpeed's CPU Adam (AdamW)."""
+    """hypergen's optimizer for the engine: AdamW or 8-bit Adam; with ZeRO-Offload DeepSpeed's CPU Adam (AdamW: the
+    recipe refuses offload with 8-bit Adam)."""
     if section.offload_optimizer:
-        check_recipe(section, cfg)
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         params = [p for p in module.parameters() if p.requires_grad]
@@ -347,8 +333,6 @@ def _keep_generator_parameters(deepspeed, module: nn.Module) -> None:
     generator returns a GeneratedStates dataclass, which DeepSpeed does not look into, so its own parameters (the
     learnable tokens z) would be released after forward and missing in backward. They are registered as external
     parameters: gathered at the generator's forward and kept until the step re-partitions everything."""
-    from ..components.base import Generator
-
     for submodule in module.modules():
         if isinstance(submodule, Generator):
             for parameter in submodule.parameters(recurse=False):

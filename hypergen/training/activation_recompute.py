@@ -1,11 +1,12 @@
-"""Gradient checkpointing switches (``training.gradient_checkpointing``): recompute block activations in the
-backward pass instead of storing them.
+"""Activation recomputation (``training.gradient_checkpointing``, "gradient checkpointing"; not the saved training
+state, which is :mod:`.checkpoint`): recompute block activations in the backward pass instead of storing them.
 
 * Hypernetwork encoder: Hugging Face's own ``gradient_checkpointing_enable`` on its T5 stack (non-reentrant).
-* Hypernetwork decoder: :func:`hypergen.components.generators.run_decoder` checkpoints each block call when the
-  decoder carries ``CHECKPOINT_FLAG`` and the call has no KV cache. HART's cached steps are run as they are: the
-  cache is appended to in place by every block call, so recomputing a block in the backward pass would append a
-  second time (and change what later steps attend to); only its encoder is checkpointed.
+* Hypernetwork decoder: the hypernetwork's ``checkpoint_decoder`` flag, passed through its generator to
+  :func:`hypergen.components.generators.run_decoder`, which checkpoints each block call that has no KV cache.
+  HART's cached steps are run as they are: the cache is appended to in place by every block call, so recomputing a
+  block in the backward pass would append a second time (and change what later steps attend to); only its encoder
+  is checkpointed.
 * Frozen main model: it runs in eval mode (Hugging Face checkpoints only in training mode), and the generated
   parameters reach its attention through module attributes set for the duration of ``target.applied`` (gone when
   the backward pass recomputes). So each T5 block's ``forward`` is wrapped here: the wrapper snapshots the block's
@@ -24,7 +25,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CHECKPOINT_FLAG = "_hypergen_checkpoint_blocks"
 _WRAPPED = "_hypergen_checkpoint_wrapped"
 _ATTRIBUTE_PREFIX = "_hypergen_"
 
@@ -35,7 +35,7 @@ def enable_gradient_checkpointing(method, hypernetwork: bool, main_model: bool) 
     module = method.module
     if hypernetwork and hasattr(module, "encoder") and module is not method.main_model:
         module.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        setattr(module.decoder, CHECKPOINT_FLAG, True)
+        module.checkpoint_decoder = True
         done.append("hypernetwork")
     if main_model:
         if module is method.main_model:  # fine-tuning: the trainable model itself, in training mode

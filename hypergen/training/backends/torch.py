@@ -1,0 +1,110 @@
+"""hypergen's own update, in one process or with ``distributed.backend: "ddp"``: the optimizer (AdamW or 8-bit
+Adam) and the linear schedule, the gradients all-reduced over the processes before clipping and the step."""
+
+from __future__ import annotations
+
+import warnings
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import HypergenError
+from ..distributed import Dist
+from ..optim import linear_schedule, make_optimizer
+from .base import Method
+
+
+class TorchBackend:
+    """The :class:`~hypergen.training.backends.base.Backend` of one process and of ``ddp``."""
+
+    evaluate_on_every_rank = False
+
+    def __init__(self, method: Method, cfg, dist: Dist, accumulation: int) -> None:
+        self.method, self.cfg, self.dist, self.accumulation = method, cfg, dist, accumulation
+        self.optimizer = make_optimizer(method.module.parameters(), cfg)
+        self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
+
+    def forward(self):
+        return nullcontext()
+
+    def eval_context(self):
+        return nullcontext()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward_if_finite(self, loss: torch.Tensor, last: bool) -> str | None:
+        if not torch.isfinite(loss):
+            return f"non-finite loss ({loss.item()})"
+        (loss / self.accumulation).backward()
+        return None
+
+    def step(self, problem: str | None) -> str | None:
+        if self.dist.active:  # one process's non-finite loss stops the update on all of them
+            if self.dist.any(problem is not None) and problem is None:
+                problem = "non-finite loss in another process"
+            if problem is None:
+                self._average_gradients()
+        if problem is None:
+            norm = self._grad_norm()
+            if not torch.isfinite(norm):
+                problem = f"non-finite gradient norm ({norm.item()})"
+        if problem is None:
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # e.g. "value cannot be converted to type float without overflow"
+                if isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise HypergenError(f"the optimizer's update failed ({reason}) with training.lr {self.cfg.lr:g}; "
+                                    "lower it") from None
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # a skipped first update: torch warns that the schedule stepped first
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()  # a skipped update still counts as a step
+        return problem
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def _average_gradients(self) -> None:
+        """Average the gradients over the processes: one all-reduce."""
+        params = [p for p in self.method.module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # unused here: every process must all-reduce the same tensors
+                p.grad = torch.zeros_like(p)
+        self.dist.all_reduce_mean_([p.grad for p in params])
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""
+        params = [p for p in self.method.module.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        if self.cfg.max_grad_norm:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        return dict(self.method.module.state_dict())
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def save(self, folder: Path) -> None:
+        """Nothing to write: :meth:`optimizer_state` and the weights are all of this backend's state."""
+
+    def load(self, folder: Path, model_state: dict[str, torch.Tensor], optimizer: Any) -> None:
+        if not isinstance(optimizer, dict) or "optimizer" not in optimizer:
+            raise HypergenError(f"{folder}: written by a run with distributed.backend "
+                                f"'{optimizer.get('backend') if isinstance(optimizer, dict) else '?'}'; resume it "
+                                "with the backend that wrote it")
+        self.method.module.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer["optimizer"])
+        self.scheduler.load_state_dict(optimizer["scheduler"])
+
+    def finish(self) -> None:
+        """Nothing to do: the module holds the trained weights."""
