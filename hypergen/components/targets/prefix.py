@@ -24,11 +24,11 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.t5.modeling_t5 import eager_attention_forward
 
 from ...registry import registry
-from ..base import PEFTTarget, SlotGroup, expand_to_batch
+from ..base import TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
 ATTN_IMPLEMENTATION = "hypergen_prefix"
-_SITE = "_hypergen_prefix_site"  # attribute on a tagged SelfAttention module: (side, layer index)
-_PREFIX = "_hypergen_prefix"  # attribute holding (keys, values), each B x n_heads x p x d_kv, while applied
+_SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_site"  # on a tagged SelfAttention module: (side, layer index)
+_PREFIX = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix"  # (keys, values), each B x n_heads x p x d_kv, while applied
 
 
 def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch.Tensor | None:
