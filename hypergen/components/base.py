@@ -46,10 +46,6 @@ class GeneratedStates:
     rows: dict[str, list[list[int]]]
     attentions: torch.Tensor | None = None
 
-    def for_layer(self, source: str, layer: int) -> torch.Tensor:
-        """The states feeding ``layer`` of ``source``: T x r x d_h."""
-        return self.states[:, self.rows[source][layer], :]
-
 
 @dataclass(frozen=True)
 class SlotGroup:
