@@ -1,5 +1,6 @@
-"""The Generator contract (rows_per_layer, autoregressive) and ``--code FILE.py``: a file that registers components
-before a recipe is read (the README's own example generator is the one registered here)."""
+"""The component contracts (a Generator's rows_per_layer and autoregressive; the targets' temporaries' prefix) and
+``--code FILE.py``, a file that registers components before a recipe is read (the README's own example generator
+is the one registered here)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from hypergen.cli import main
-from hypergen.components.base import Generator
+from hypergen.components.base import TEMPORARY_ATTRIBUTE_PREFIX, Generator
 from hypergen.components.generators import NonAutoregressiveGenerator
+from hypergen.components.targets.lora import LoraTarget
+from hypergen.components.targets.prefix import PrefixTarget
 from hypergen.errors import RecipeError
 from test_plugins import small
 
@@ -131,3 +135,19 @@ def test_a_code_file_that_raises_is_one_line_naming_it_and_the_error(tmp_path, r
     syntax = tmp_path / "syntax.py"
     syntax.write_text("def broken(:\n")
     assert f"importing {syntax} failed: SyntaxError" in one_error_line(cli("registry", "list", "--code", syntax))
+
+
+@pytest.mark.parametrize("make_target", [lambda: PrefixTarget(length=2), lambda: LoraTarget(rank=2)])
+def test_targets_name_every_temporary_with_the_declared_prefix(tiny_main, make_target):
+    """Gradient checkpointing of the main model restores exactly the attributes with this prefix."""
+    def attributes() -> set[tuple[str, str]]:
+        return {(path, name) for path, module in tiny_main.named_modules() for name in vars(module)}
+
+    before = attributes()
+    target = make_target()
+    target.prepare(tiny_main)
+    params = {g.name: torch.randn(3, g.num_layers, g.rows, g.width) for g in target.slot_groups(tiny_main)}
+    with target.applied(tiny_main, params):
+        added = attributes() - before
+    assert added, "the target set no temporaries"
+    assert {name for _, name in added if not name.startswith(TEMPORARY_ATTRIBUTE_PREFIX)} == set()
