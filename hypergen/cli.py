@@ -37,11 +37,24 @@ _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PAT
                            help="Override a recipe field (value parsed as JSON), repeatable.")
 
 
+def _import_code(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        from .user_code import import_code_file
+
+        import_code_file(value)
+
+
+_code_option = click.option("--code", type=click.Path(dir_okay=False), callback=_import_code, expose_value=False,
+                            metavar="FILE.py", help="A Python file to import first: it registers components "
+                            "(with hypergen's registry decorators) that the recipe may name.")
+
+
 def _training_command(function):
     """The arguments and options ``train`` and ``finetune`` share."""
     for decorator in reversed([
         click.argument("recipe", type=click.Path(dir_okay=False)),
         _set_option,
+        _code_option,
         click.option("--output", "-o", type=click.Path(file_okay=False),
                      help="Run folder (default: runs/<recipe name>)."),
         click.option("--resume", is_flag=True, help="Continue the run in --output from its last valid checkpoint."),
@@ -190,13 +203,12 @@ def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, base_model, quiet) -> None:
     """Run the adapter's main model with the adapter on every query; write {"input", "prediction"} lines."""
-    import torch
-
     from .adapters import base_model_of, load_adapter, read_adapter_config
     from .data.jsonl import read_queries
     from .evaluation.predict import predict as run_predict, write_predictions
     from .models.main import load_main_model
     from .recipe import MainModel
+    from .runs import resolve_device
 
     _, _, settings = read_adapter_config(adapter_dir)
     queries = read_queries(input_file)
@@ -204,7 +216,7 @@ def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, ba
         _quiet_hub()
     name = base_model or base_model_of(adapter_dir)
     model, tokenizer = load_main_model(MainModel(name_or_path=name, dtype=settings.get("dtype", "float32")),
-                                       "cuda" if torch.cuda.is_available() else "cpu")
+                                       resolve_device("auto"))
     adapter = load_adapter(adapter_dir, model)
     predictions = run_predict(adapter, model, tokenizer, queries, batch_size, max_new_tokens,
                               progress=not quiet)
@@ -223,6 +235,7 @@ def recipes() -> None:
 @recipes.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_set_option
+@_code_option
 def recipes_validate(files, overrides) -> None:
     """Check FILES against the recipe schema and the registries (component names and parameters)."""
     from .components.build import make_component
@@ -253,8 +266,10 @@ def registry_group() -> None:
 
 
 @registry_group.command("list")
+@_code_option
 def registry_list() -> None:
-    """List every registered component (built-in or from a plugin) with its registry."""
+    """List every registered component (built-in, from a plugin or from --code) with its registry."""
+    from . import components  # noqa: F401 - registers the built-ins
     from .registry import KINDS, registry
 
     for kind in KINDS:
@@ -351,16 +366,13 @@ def plot_attention_command(run_dir, num_tasks, out, device) -> None:
     encoder layer, the last p every decoder layer. Autoregressive runs (HART) are aggregated to per-layer blocks
     (2 rows per layer) and are causal. The full matrix and the blocks are written as JSON beside the PNG.
     """
-    import torch
-
     from .plots.attention import check_hypernetwork_run, plot_attention
+    from .runs import resolve_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HypergenError("--device: 'cuda' requested but no CUDA device is available")
+    resolved = resolve_device(device, "--device")
     check_hypernetwork_run(Path(run_dir))  # fail before loading any model
     _quiet_hub()
-    device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    png, json_path, summary = plot_attention(run_dir, num_tasks, out, torch.device(device))
+    png, json_path, summary = plot_attention(run_dir, num_tasks, out, resolved)
     kind = "autoregressive, causal" if summary["autoregressive"] else "non-autoregressive"
     click.echo(f"generator {summary['generator']} ({kind}): {summary['size']} generated rows, "
                f"{summary['heads']} heads, {len(summary['tasks'])} held-out tasks; {summary['blocks']['kind']} blocks "

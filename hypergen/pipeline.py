@@ -16,7 +16,7 @@ from .errors import HypergenError
 from .evaluation.evaluate import evaluate
 from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
-from .recipe import apply_overrides, parse_recipe, read_recipe_dict
+from .recipe import load_recipe
 from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
                    save_final)
 from .training.activation_recompute import enable_gradient_checkpointing
@@ -26,8 +26,7 @@ from .training.trainer import Trainer
 
 def train(recipe_path: str, output: str | None, overrides: list[str], resume: bool = False, overwrite: bool = False,
           progress: bool = True, evaluate_after: bool = True) -> Path:
-    data = apply_overrides(read_recipe_dict(recipe_path), overrides)
-    recipe = parse_recipe(data, recipe_path)
+    recipe = load_recipe(recipe_path, overrides)
     resolved = json.loads(recipe.model_dump_json())
     run_dir = Path(output or Path("runs") / Path(recipe_path).stem)
     final = finished_run(run_dir, resolved)  # also refuses a folder that is not a run, before loading anything

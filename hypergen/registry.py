@@ -6,6 +6,9 @@ declaring an entry point in one of the groups ``hypergen_generators``, ``hyperge
 Built-in names are versioned (``autoregressive.v1``); the bare name (``autoregressive``) resolves to the newest
 version. A plugin whose entry point fails to import is reported with a warning naming it; every other component
 still works.
+
+This module imports no component: the built-ins register themselves when ``hypergen.components`` is imported
+(its ``__init__`` imports every built-in module), so whoever lists or resolves names imports that package first.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ class Registries:
 
     def entries(self, kind: str) -> dict[str, Any]:
         """Every component registered in ``kind`` (built-in and from installed plugins), by name."""
-        _load_builtins()
         self._load_plugins(kind)
         namespace = self.get_registry(kind).namespace
         return {
@@ -85,15 +87,3 @@ class Registries:
 
 
 registry = Registries()
-
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    """Import the modules whose decorators register the built-in components."""
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    from .components import generators, projectors, regularizers  # noqa: F401
-    from .components import targets  # noqa: F401

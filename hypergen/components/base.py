@@ -21,6 +21,15 @@ import torch
 from torch import nn
 
 from ..errors import HypergenError
+from ..errors import RecipeError
+
+
+TEMPORARY_ATTRIBUTE_PREFIX = "_hypergen_"
+"""The prefix of the name of every attribute a PEFT target sets on the main model's modules (site tags, hook
+handles, and the per-example parameters held while ``applied``), e.g. ``f"{TEMPORARY_ATTRIBUTE_PREFIX}lora"``.
+Gradient checkpointing of the frozen main model (hypergen/training/checkpointing.py) snapshots exactly the
+attributes with this prefix and restores them when the backward pass recomputes a block, so a target whose
+temporaries are named otherwise gets wrong gradients under ``training.gradient_checkpointing.main_model``."""
 
 
 @dataclass
@@ -38,10 +47,6 @@ class GeneratedStates:
     states: torch.Tensor
     rows: dict[str, list[list[int]]]
     attentions: torch.Tensor | None = None
-
-    def for_layer(self, source: str, layer: int) -> torch.Tensor:
-        """The states feeding ``layer`` of ``source``: T x r x d_h."""
-        return self.states[:, self.rows[source][layer], :]
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,33 @@ class Generator(nn.Module, abc.ABC):
 
     Owns its learnable input z. ``decoder`` is the hypernetwork's decoder (the first k layers of the main
     model's decoder); it is set by the hypernetwork, not the recipe.
+
+    The contract: besides ``build`` and ``forward``, every generator declares two properties (a class attribute
+    is enough). A subclass that leaves one out cannot be instantiated: the error names it and what it lacks.
+
+    * ``rows_per_layer``: how many rows of ``states`` feed one main-model layer of one group (side), i.e. the
+      length of every list in ``GeneratedStates.rows[side]``: 1 for HART, p for HyperTuning. Read once ``build``
+      has run (it may depend on ``prefix_rows``); the projector sizes its heads with it.
+    * ``autoregressive``: True when the states are decoded step by step, each step fed the previous step's
+      output (HART), False for a single pass (HyperTuning). Plots and reports read it.
     """
 
-    autoregressive: bool = False
+    def __new__(cls, *args, **kwargs):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise TypeError(f"generator {cls.__qualname__} does not declare {', '.join(missing)} "
+                            "(see hypergen.components.base.Generator)")
+        return super().__new__(cls)
+
+    @property
+    @abc.abstractmethod
+    def rows_per_layer(self) -> int:
+        """State rows feeding one main-model layer of one side (1 for HART, p for HyperTuning)."""
+
+    @property
+    @abc.abstractmethod
+    def autoregressive(self) -> bool:
+        """Whether the states are decoded step by step, each step fed the previous one's output."""
 
     @abc.abstractmethod
     def forward(self, decoder: nn.Module, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
@@ -87,7 +116,25 @@ class Generator(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
-        """Create the learnable input z once the widths are known."""
+        """Create the learnable input z once the widths are known.
+
+        ``d_model``: the hypernetwork width d_h. ``prefix_rows``: the largest ``rows`` among the PEFT target's
+        slot groups (``SlotGroup.rows``: the prefix length p for the prefix target, the rank r for LoRA; 0 for a
+        zero-length prefix; 1 when the target declares no slots). HyperTuning takes it as its p (2p tokens in z);
+        a generator whose rows_per_layer is fixed may ignore it (the projector expands 1 row to ``rows``).
+        """
+
+    def check_contract(self) -> None:
+        """Once built: ``rows_per_layer`` an integer >= 1 and ``autoregressive`` a bool, else a RecipeError naming
+        the generator."""
+        name = type(self).__qualname__
+        rows, autoregressive = self.rows_per_layer, self.autoregressive
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise RecipeError(f"hypernetwork.generator: {name}.rows_per_layer must be an integer >= 1 once built, "
+                              f"got {rows!r}")
+        if not isinstance(autoregressive, bool):
+            raise RecipeError(f"hypernetwork.generator: {name}.autoregressive must be True or False, "
+                              f"got {autoregressive!r}")
 
 
 class Projector(nn.Module, abc.ABC):

@@ -89,16 +89,21 @@ class NonAutoregressiveGenerator(Generator):
         super().__init__()
         self.init_std = init_std
         self.z: nn.Parameter | None = None
-        self.rows_per_layer = 0
+        self.p = 0  # set by build
+
+    @property
+    def rows_per_layer(self) -> int:
+        """p: the same p rows feed every layer of a side (0 until built)."""
+        return self.p
 
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
-        self.rows_per_layer = max(prefix_rows, 1)
-        self.z = nn.Parameter(torch.randn(2 * self.rows_per_layer, d_model) * self.init_std)
+        self.p = max(prefix_rows, 1)
+        self.z = nn.Parameter(torch.randn(2 * self.p, d_model) * self.init_std)
 
     def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False,
                 checkpoint=False) -> GeneratedStates:
         num_tasks = encoder_states.shape[0]
-        p = self.rows_per_layer
+        p = self.p
         z = self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1)  # T x 2p x d_h
         states, attentions = run_decoder(decoder, z, encoder_states, encoder_mask, self_mask=None,
                                          output_attentions=output_attentions, checkpoint=checkpoint)
@@ -120,6 +125,7 @@ class AutoregressiveGenerator(Generator):
     """
 
     autoregressive = True
+    rows_per_layer = 1  # row 2l feeds encoder layer l, row 2l+1 decoder layer l
 
     def __init__(self, init_std: float = 1.0, reverse: bool = False, use_cache: bool = True) -> None:
         super().__init__()
@@ -127,7 +133,6 @@ class AutoregressiveGenerator(Generator):
         self.reverse = reverse
         self.use_cache = use_cache
         self.z: nn.Parameter | None = None
-        self.rows_per_layer = 1
 
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
         self.z = nn.Parameter(torch.randn(2, d_model) * self.init_std)

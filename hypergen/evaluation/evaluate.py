@@ -3,13 +3,14 @@ greedily with them; ROUGE-L and exact match overall and per task."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
-from tqdm.auto import tqdm
+from typing import Any
 
 from ..data.collate import Collator
-from ..data.tasks import Example, Task
+from ..data.p3 import held_out_dataset
+from ..data.tasks import Task
+from .chunks import task_chunks
 from .metrics import score_predictions
+from .rank import evaluate_choices
 
 
 def evaluate(method, tasks: list[Task], collator: Collator, device, max_instances: int, batch_size: int,
@@ -19,9 +20,6 @@ def evaluate(method, tasks: list[Task], collator: Collator, device, max_instance
     Tasks whose instances carry answer choices (P3) are scored by rank classification instead (accuracy).
     """
     if tasks and all(example.choices for task in tasks for example in task.instances[:1]):
-        from ..data.p3 import held_out_dataset
-        from .rank import evaluate_choices
-
         return evaluate_choices(method, tasks, collator, device, max_instances, batch_size,
                                 group_of=held_out_dataset, progress=progress)
     records: list[dict[str, Any]] = []
@@ -33,22 +31,3 @@ def evaluate(method, tasks: list[Task], collator: Collator, device, max_instance
             records.append({"task": task.name, "input": example.input, "prediction": text.strip(),
                             "references": list(example.outputs)})
     return score_predictions(records), records
-
-
-def task_chunks(method, tasks: list[Task], collator: Collator, device, max_instances: int, batch_size: int,
-                progress: bool = True) -> Iterator[tuple[Task, Any, list[Example]]]:
-    """(task, its adapted parameters, a chunk of up to ``batch_size`` of its first ``max_instances`` instances).
-
-    The parameters are generated once per task, from its fixed demos, and reused for all its chunks.
-    """
-    method.eval()
-    bar = tqdm(total=sum(min(len(t.instances), max_instances) for t in tasks), desc="eval", disable=not progress,
-               leave=False)
-    for task in tasks:
-        instances = task.instances[:max_instances]
-        adapted = method.adapt(collator([(task, instances[:1])], with_labels=False).to(device))  # once per task
-        for start in range(0, len(instances), batch_size):
-            chunk = instances[start:start + batch_size]
-            yield task, adapted, chunk
-            bar.update(len(chunk))
-    bar.close()

@@ -11,7 +11,7 @@ import torch
 
 from ..data.collate import Collator
 from ..data.tasks import Example, Task
-from .evaluate import task_chunks
+from .chunks import task_chunks
 
 
 def rank_choices(method, task: Task, examples: list[Example], collator: Collator, device, adapted) -> list[int]:

@@ -72,8 +72,9 @@ class HyperNetwork(nn.Module):
         prefix_rows = max(g.rows for g in groups) if groups else 1
         self.generator = generator
         self.generator.build(self.d_model, self.shape, prefix_rows)
+        self.generator.check_contract()
         self.projector = projector
-        self.projector.build(self.d_model, groups, getattr(generator, "rows_per_layer", 1))
+        self.projector.build(self.d_model, groups, generator.rows_per_layer)
         self.checkpoint_decoder = False  # recompute the decoder's activations in backward (training switches it)
         self.float()  # trainable weights stay fp32 even when the frozen main model runs in bf16
         for parameter in self.parameters():

@@ -163,20 +163,16 @@ def attention_summary(run_dir: str | Path, num_tasks: int = 8, device=None) -> d
     return the JSON-ready summary: ``matrix`` S x S (mean over heads and tasks), ``row_labels`` (S), ``rows`` (the
     generator's row -> layer map), ``blocks`` (``kind`` "layer" or "side", ``labels``, ``rows``, ``matrix`` K x K),
     ``generator``, ``autoregressive``, ``tasks``, ``heads``."""
-    import torch
-
     from ..runs import load_final, load_tasks
 
     run = Path(run_dir)
     recipe = check_hypernetwork_run(run)
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assembled = load_final(run, device)
+    assembled = load_final(run, device)  # device None: the recipe's training.device
     tasks = load_tasks(recipe, "test", tokenizer=assembled.tokenizer)[:num_tasks]
     hypernet = assembled.method.module
     hypernet.eval()
     demo_ids, demo_mask = assembled.collator.encode_demos(tasks)
-    weights, rows = generator_attention(hypernet, demo_ids.to(device), demo_mask.to(device))
+    weights, rows = generator_attention(hypernet, demo_ids.to(assembled.device), demo_mask.to(assembled.device))
     matrix = weights.mean(axis=(0, 1))
     size = matrix.shape[0]
     per_layer = layer_blocks(rows, size)
@@ -185,7 +181,7 @@ def attention_summary(run_dir: str | Path, num_tasks: int = 8, device=None) -> d
     generator = hypernet.generator
     return {
         "run": str(run), "generator": recipe.hypernetwork.generator.name,
-        "autoregressive": bool(getattr(generator, "autoregressive", False)),
+        "autoregressive": generator.autoregressive,
         "reverse": bool(getattr(generator, "reverse", False)),
         "tasks": [t.name for t in tasks], "heads": int(weights.shape[1]), "size": size,
         "decoder_layer": len(hypernet.decoder.block) - 1,

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-_WRAPPED = "_hypergen_checkpoint_wrapped"
-_ATTRIBUTE_PREFIX = "_hypergen_"
+from ..components.base import TEMPORARY_ATTRIBUTE_PREFIX
+
+_WRAPPED = f"{TEMPORARY_ATTRIBUTE_PREFIX}checkpoint_wrapped"
 
 
 def enable_gradient_checkpointing(method, hypernetwork: bool, main_model: bool) -> list[str]:
@@ -79,7 +80,7 @@ def wrap_block(block: nn.Module) -> None:
 
 def _hypergen_attributes(block: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     return [(m, name, value) for m in block.modules() for name, value in vars(m).items()
-            if name.startswith(_ATTRIBUTE_PREFIX) and name not in (_WRAPPED,)]
+            if name.startswith(TEMPORARY_ATTRIBUTE_PREFIX) and name not in (_WRAPPED,)]
 
 
 def _restore(snapshot: list[tuple[nn.Module, str, Any]]) -> None:

@@ -18,7 +18,6 @@ hypergen's files and the manifest, which covers the engine's files too, and rena
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from pathlib import Path

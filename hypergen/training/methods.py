@@ -17,7 +17,7 @@ from torch import nn
 
 from ..components.base import PEFTTarget, Regularizer
 from ..data.collate import Batch
-from ..models.adapted import adapted_generate, adapted_loss, adapted_logits
+from ..models.adapted import adapted_forward, adapted_generate
 from ..models.hypernet import HyperNetwork, TaskParameters
 from ..registry import registry
 
@@ -43,8 +43,8 @@ class HypernetMethod:
     def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         task_params = self.module(batch.demo_ids, batch.demo_mask)
         per_example = task_params.select(batch.task_index)
-        pred = adapted_loss(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
-                            batch.labels, self.fusion)
+        pred = adapted_forward(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
+                               batch.labels, self.fusion).loss
         total, parts = pred, {"loss": float(pred.detach())}
         for key, regularizer in zip(self.regularizer_keys, self.regularizers):
             value = regularizer.loss(task_params.generated.states, step)
@@ -65,8 +65,8 @@ class HypernetMethod:
     @torch.no_grad()
     def score(self, batch: Batch, adapted: TaskParameters) -> torch.Tensor:
         """log p(labels | input) per example (B,), with each example's generated parameters."""
-        logits = adapted_logits(self.main_model, self.target, adapted.select(batch.task_index), batch.input_ids,
-                                batch.attention_mask, batch.labels, self.fusion)
+        logits = adapted_forward(self.main_model, self.target, adapted.select(batch.task_index), batch.input_ids,
+                                 batch.attention_mask, batch.labels, self.fusion).logits
         return sequence_log_likelihood(logits, batch.labels)
 
     def train(self) -> None:

@@ -44,11 +44,11 @@ from torch import nn
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
 from ...registry import registry
-from ..base import ADAPTER_CONFIG, PEFTTarget, SlotGroup, expand_to_batch
+from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
-_SITE = "_hypergen_lora_site"  # on a hooked Linear: (side, attention, projection, layer index)
-_HOOK = "_hypergen_lora_hook"  # the hook's handle (prepare is idempotent)
-_LORA = "_hypergen_lora"  # (A: P x r x d_in, B^T: P x r x d_out, scale) while applied
+_SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora_site"  # on a hooked Linear: (side, attention, projection, layer index)
+_HOOK = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora_hook"  # the hook's handle (prepare is idempotent)
+_LORA = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora"  # (A: P x r x d_in, B^T: P x r x d_out, scale), while applied
 
 PROJECTIONS = ("q", "k", "v", "o")
 ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a T5 block, name

@@ -35,11 +35,11 @@ from transformers.models.t5.modeling_t5 import eager_attention_forward
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
 from ...registry import registry
-from ..base import ADAPTER_CONFIG, PEFTTarget, SlotGroup, expand_to_batch
+from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
 ATTN_IMPLEMENTATION = "hypergen_prefix"
-_SITE = "_hypergen_prefix_site"  # attribute on a tagged SelfAttention module: (side, layer index)
-_PREFIX = "_hypergen_prefix"  # attribute holding (keys, values), each B x n_heads x p x d_kv, while applied
+_SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_site"  # on a tagged SelfAttention module: (side, layer index)
+_PREFIX = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix"  # (keys, values), each B x n_heads x p x d_kv, while applied
 PREFIX_WEIGHTS = "prefix.safetensors"
 _MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # T5Config fields it must match
 

@@ -27,6 +27,7 @@ class BlockwiseGenerator(Generator):
     """Block-wise autoregressive generation: ``block_size`` main-model layers per decoding step."""
 
     autoregressive = True
+    rows_per_layer = 1  # token 2j of a step feeds encoder layer s*b + j, token 2j+1 decoder layer s*b + j
 
     def __init__(self, block_size: int = 2, init_std: float = 1.0) -> None:
         super().__init__()
@@ -35,7 +36,6 @@ class BlockwiseGenerator(Generator):
         self.block_size = block_size
         self.init_std = init_std
         self.z: nn.Parameter | None = None
-        self.rows_per_layer = 1
 
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
         self.z = nn.Parameter(torch.randn(2 * self.block_size, d_model) * self.init_std)
