@@ -297,7 +297,8 @@ def registry_list() -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's; 1 is steadier "
               "on a machine other processes share).")
 def bench(run_dir, size, num_tasks, steps, output, depths, eval_every, device, threads) -> None:
-    """Time hypernetwork adaptation (HART, HyperTuning) against LoRA and prefix fine-tuning; print, write JSON+PNG."""
+    """Time hypernetwork adaptation (the run's, by its registered names; HART; HyperTuning) against LoRA and prefix
+    fine-tuning; print, write JSON+PNG."""
     from .bench import BenchConfig, format_table, run_bench, write_outputs
 
     if run_dir is not None and size is not None:

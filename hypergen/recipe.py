@@ -46,6 +46,7 @@ class TinyT5(Strict):
     dropout_rate: float = Field(0.0, ge=0, lt=1)
     feed_forward_proj: str = "gated-gelu"
     seed: int = 0
+    vocab_size: int | None = Field(None, ge=384, description="embedding rows (default: the ByT5 tokenizer's 384); more, e.g. T5's 32128, for a model of a real vocabulary's size (the extra rows are never used)")
 
 
 class MainModel(Strict):

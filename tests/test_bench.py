@@ -1,12 +1,24 @@
-"""`hypergen bench` runs on the tiny size and writes a well-formed result (timings are not asserted)."""
+"""`hypergen bench` runs on the tiny size and writes a well-formed result (timings are not asserted); it builds its
+hypernetworks from recipes and labels them by their registered names (a plugin generator by its own)."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import catalogue
+import pytest
+import torch
 from click.testing import CliRunner
 
+from hypergen.bench import SIZES, BenchConfig
+from hypergen.bench.setup import recipe_label, reference_recipes, size_recipe
 from hypergen.cli import main
+from hypergen.models.main import tiny_t5
+from hypergen.recipe import parse_recipe
+from hypergen.registry import KINDS, registry
+from hypergen.runs import assemble, prepare_run_dir, save_final
 
 
 def test_bench_tiny_writes_result(tmp_path):
@@ -39,3 +51,100 @@ def test_bench_refuses_run_and_size(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--run", str(tmp_path), "--size", "tiny"])
     assert result.exit_code == 2
     assert "not both" in result.output
+
+
+# ------------------------------------------------------------------ hypernetworks come from recipes, by their names
+
+BENCH_SOURCES = sorted((Path(__file__).resolve().parents[1] / "hypergen" / "bench").glob("*.py"))
+PLUGIN_GENERATOR = "bench_plugin_generator"
+
+
+@pytest.fixture
+def plugin_generator():
+    """A generator registered as a plugin registers one: a subclass of a built-in under its own versioned name.
+    It records each forward pass, so that a test can see it was the one run; unregistered afterwards."""
+    from hypergen.components.generators import NonAutoregressiveGenerator
+
+    calls = []
+
+    @registry.generators.register(f"{PLUGIN_GENERATOR}.v1")
+    class PluginGenerator(NonAutoregressiveGenerator):
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            return super().forward(*args, **kwargs)
+
+    yield calls
+    catalogue.REGISTRY.pop((*registry.generators.namespace, f"{PLUGIN_GENERATOR}.v1"))
+
+
+def _write_run(run: Path, generator: str) -> None:
+    """A finished tiny run folder (recipe.json + hypernetwork.safetensors, untrained weights) of ``generator``."""
+    recipe = {"main_model": {"tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+                                      "num_decoder_layers": 2, "num_heads": 4}},
+              "hypernetwork": {"decoder_layers": 1, "generator": {"name": generator}, "regularizers": []},
+              "peft": {"name": "prefix", "length": 2},
+              "data": {"source": "embedded", "num_positive": 2, "demo_style": "compact", "include_definition": False,
+                       "max_demo_length": 32, "max_input_length": 16, "max_target_length": 8},
+              "training": {"device": "cpu", "seed": 0}, "evaluation": {"max_new_tokens": 4}}
+    prepare_run_dir(run, recipe, resume=False, overwrite=False)
+    save_final(run, assemble(parse_recipe(recipe), torch.device("cpu")))
+
+
+def test_bench_run_labels_a_plugin_generator_by_its_registered_name(tmp_path, plugin_generator):
+    run, out = tmp_path / "run", tmp_path / "bench"
+    _write_run(run, PLUGIN_GENERATOR)
+    result = CliRunner().invoke(main, ["bench", "--run", str(run), "--tasks", "2", "--steps", "2", "--depths", "2,4",
+                                       "--eval-every", "1", "--threads", "1", "--device", "cpu", "--output", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    data = json.loads((out / "bench.json").read_text())
+    # the run's own hypernetwork first, under its generator's registered name; the references under theirs
+    assert list(data["hypernetworks"]) == [PLUGIN_GENERATOR, "HART", "HyperTuning"]
+    entry = data["hypernetworks"][PLUGIN_GENERATOR]
+    assert entry["generator"] == PLUGIN_GENERATOR and entry["regularizers"] == [] and entry["trained"] is True
+    assert not data["hypernetworks"]["HART"]["trained"] and not data["hypernetworks"]["HyperTuning"]["trained"]
+    assert data["hypernetworks"]["HART"]["regularizers"] == ["local_consistency"]
+    # the same architecture as the built-in it subclasses, built on the run's main model
+    assert entry["parameters"] == data["hypernetworks"]["HyperTuning"]["parameters"]
+    assert plugin_generator, "the plugin generator's forward never ran"
+    assert data["headline"]["hypernetwork"] == PLUGIN_GENERATOR
+    assert data["headline"]["ratio"] == data["ratios"][f"lora/{PLUGIN_GENERATOR}"]
+    assert set(data["hypernet_rougeL_per_task"]) <= set(data["task_names"])
+    assert f"{PLUGIN_GENERATOR} (tokenize + 1 pass)" in result.output
+    assert "HyperTuning (tokenize + 1 pass)" in result.output
+
+
+def test_reference_recipes_swap_only_the_generator_and_regularizers():
+    base = size_recipe(SIZES["tiny"], BenchConfig(seed=3))
+    references = reference_recipes(base)
+    assert list(references) == ["HART", "HyperTuning"]
+    assert recipe_label(references["HART"]) == "autoregressive+local_consistency"
+    assert recipe_label(references["HyperTuning"]) == "non_autoregressive"
+    for recipe in references.values():
+        assert recipe.main_model == base.main_model and recipe.peft == base.peft and recipe.data == base.data
+        assert recipe.training.seed == 3 and recipe.main_model.tiny.seed == 3
+        assert recipe.hypernetwork.decoder_layers == base.hypernetwork.decoder_layers
+
+
+def test_t5_large_size_has_t5_large_parameters():
+    """Built by models.main.tiny_t5 from the size's TinyT5, on the meta device (no memory): T5-Large's count with a
+    tied 32128-row head, summed layer by layer here."""
+    spec = size_recipe(SIZES["t5-large"], BenchConfig(size="t5-large")).main_model.tiny
+    with torch.device("meta"):
+        model = tiny_t5(spec, vocab_size=384)
+    d, ff, heads, layers, vocab = 1024, 2816, 16, 24, 32128
+    attention, gated_ff = 4 * d * d, 3 * d * ff
+    encoder = layers * (attention + gated_ff + 2 * d) + 32 * heads + d
+    decoder = layers * (2 * attention + gated_ff + 3 * d) + 32 * heads + d
+    assert sum(p.numel() for p in model.parameters()) == vocab * d + encoder + decoder == 750_251_008
+
+
+def test_bench_names_no_component_class_and_reads_no_autoregressive_flag():
+    """Every hypernetwork comes from a recipe through the registry: bench names no registered component class and
+    never labels a method by the generator's ``autoregressive`` flag."""
+    classes = {factory.__name__ for kind in KINDS for factory in registry.entries(kind).values()}
+    assert "AutoregressiveGenerator" in classes and "PrefixTarget" in classes
+    for source in BENCH_SOURCES:
+        text = source.read_text()
+        named = sorted(name for name in classes if re.search(rf"\b{name}\b", text))
+        assert not named, f"{source.name} names {named}"
+        assert ".autoregressive" not in text, source.name

@@ -14,9 +14,29 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f}"
 
 
+def _depth_scaling(result: dict[str, Any]) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    """The label and depth-scaling entry of the hypernetwork whose generator was scaled, if any."""
+    for name, entry in result["hypernetworks"].items():
+        if entry.get("depth_scaling"):
+            return name, entry["depth_scaling"]
+    return None, None
+
+
+def _colors(names: list[str], palette: str) -> list:
+    """One colour per name from the matplotlib colormap ``palette``, light to dark."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[palette]
+    return [cmap(0.45 + 0.45 * i / max(len(names) - 1, 1)) for i in range(len(names))]
+
+
 def format_table(result: dict[str, Any]) -> str:
     mm, lengths = result["main_model"], result["lengths"]
     steps = result["settings"]["steps"]
+    # column widths: the default ones, wider where a label (a plugin's registered names) is longer
+    name_width = max([11] + [len(name) for name in result["hypernetworks"]]) + 1
+    path_width = max(34, name_width + len(" (tokenize + 1 pass)"))
+    ratio_width = max([22] + [len(key) for key in result["ratios"]]) + 2
     lines = [
         f"hypergen bench: {result['label']} (main model {mm['parameters'] / 1e6:.1f}M parameters, d_model "
         f"{mm['d_model']}, {mm['num_layers']}+{mm['num_decoder_layers']} layers; hypernetwork decoder k="
@@ -25,22 +45,22 @@ def format_table(result: dict[str, Any]) -> str:
         f"lengths (tokens, at most): demos {lengths['max_demo_tokens']}, query {lengths['max_input_tokens']}, "
         f"target {lengths['max_target_tokens']}; {lengths['num_positive']} demos per task",
         "",
-        f"{'adaptation path':<34}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}{'peak MiB':>10}",
+        f"{'adaptation path':<{path_width}}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}{'peak MiB':>10}",
     ]
     for name, entry in result["hypernetworks"].items():
         lat = entry["latency"]
-        lines.append(f"{name + ' (tokenize + 1 pass)':<34}{_ms(lat['median_s']):>12}{_ms(lat['p10_s']):>10}"
+        lines.append(f"{name + ' (tokenize + 1 pass)':<{path_width}}{_ms(lat['median_s']):>12}{_ms(lat['p10_s']):>10}"
                      f"{_ms(lat['p90_s']):>10}{entry['peak_memory_mib']:>10.0f}")
     for kind, entry in result["finetuning"].items():
         label = f"{'LoRA r=8' if kind == 'lora' else 'prefix'} FT, {steps} steps"
         s = entry["s_steps"]
-        lines.append(f"{label:<34}{_ms(s['median_s']):>12}{_ms(s['min_s']):>10}{_ms(s['max_s']):>10}"
+        lines.append(f"{label:<{path_width}}{_ms(s['median_s']):>12}{_ms(s['min_s']):>10}{_ms(s['max_s']):>10}"
                      f"{entry['peak_memory_mib']:>10.0f}")
     lines.append("  (fine-tuning rows: median, min and max over tasks of the S steps' total; one step: "
                  + ", ".join(f"{k} {_ms(v['step']['median_s'])} ms" for k, v in result["finetuning"].items()) + ")")
     lines += ["", "ratio fine-tuning time for S steps / adaptation latency:"]
     for key, value in result["ratios"].items():
-        lines.append(f"  {key:<24}{value:>10.1f}x")
+        lines.append(f"  {key:<{ratio_width}}{value:>10.1f}x")
     lines.append(f"headline: {result['headline']['meaning']}")
     reach = [(k, v) for k, v in result["finetuning"].items() if "reached_tasks" in v]
     if reach:
@@ -58,9 +78,9 @@ def format_table(result: dict[str, Any]) -> str:
                        if record.get("reached_step") is not None else record.get("reached", "-"))
                 lines.append(f"    {record['task']:<24} hypernet ROUGE-L {record['hypernet_rougeL']:5.1f}, "
                              f"{record['step0_rougeL']:5.1f} before fine-tuning: {got}")
-    ar = result["hypernetworks"]["HART"].get("depth_scaling")
+    scaled, ar = _depth_scaling(result)
     if ar:
-        lines += ["", f"autoregressive generator, time per generation vs main-model depth (width {ar['width']}):"]
+        lines += ["", f"{scaled}'s generator, time per generation vs main-model depth (width {ar['width']}):"]
         for name in ("cached", "recompute"):
             part = ar[name]
             cells = ", ".join(f"{d}: {_ms(t)} ms" for d, t in zip(part["depths"], part["seconds"]))
@@ -69,7 +89,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines += ["", "training throughput (forward + backward through the hypernetwork, no optimizer update):"]
     for name, entry in result["hypernetworks"].items():
         tp = entry["throughput"]
-        lines.append(f"  {name:<12}{tp['examples_per_s']:>10.2f} examples/s ({tp['examples_per_step']} examples "
+        lines.append(f"  {name:<{name_width}}{tp['examples_per_s']:>10.2f} examples/s ({tp['examples_per_step']} examples "
                      f"per step, {_ms(tp['step']['median_s'])} ms/step, peak {tp['peak_memory_mib']:.0f} MiB)")
     lines.append(f"\nwall time {result['wall_s']:.1f} s")
     return "\n".join(lines)
@@ -86,6 +106,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     steps = result["settings"]["steps"]
     # 1: adaptation latency vs fine-tuning time
     names, values, errors = [], [], [[], []]
+    hypernet_names = list(result["hypernetworks"])
     for name, entry in result["hypernetworks"].items():
         lat = entry["latency"]
         names.append(name)
@@ -98,13 +119,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         values.append(s["median_s"])
         errors[0].append(s["median_s"] - s["min_s"])
         errors[1].append(s["max_s"] - s["median_s"])
-    colors = ["tab:blue", "tab:cyan", "tab:red", "tab:orange"][: len(names)]
+    colors = _colors(hypernet_names, "Blues") + _colors(list(result["finetuning"]), "Oranges")
     axes[0].bar(names, values, yerr=errors, color=colors, capsize=4)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("seconds (log)")
     axes[0].set_title(f"adaptation time ({result['label']}); headline {result['headline']['ratio']:.0f}x")
     # 2: depth scaling
-    ar = result["hypernetworks"]["HART"].get("depth_scaling")
+    scaled, ar = _depth_scaling(result)
     if ar:
         for name, style in (("cached", "o-"), ("recompute", "s--")):
             part = ar[name]
@@ -119,12 +140,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[1].set_xticklabels([str(d) for d in ar["depths"]])
         axes[1].set_xlabel("main-model layers per side")
         axes[1].set_ylabel("seconds per generation")
-        axes[1].set_title(f"HART generator vs depth (width {ar['width']})")
+        axes[1].set_title(f"{scaled} generator vs depth (width {ar['width']})")
         axes[1].legend()
     # 3: throughput
-    tp_names = list(result["hypernetworks"])
-    axes[2].bar(tp_names, [result["hypernetworks"][n]["throughput"]["examples_per_s"] for n in tp_names],
-                color=["tab:blue", "tab:cyan"])
+    rates = [result["hypernetworks"][n]["throughput"]["examples_per_s"] for n in hypernet_names]
+    axes[2].bar(hypernet_names, rates, color=_colors(hypernet_names, "Blues"))
     axes[2].set_ylabel("examples / s")
     axes[2].set_title("training throughput (fwd + bwd)")
     fig.tight_layout()

@@ -23,8 +23,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def tiny_t5(spec, vocab_size: int) -> T5ForConditionalGeneration:
+    """A T5 of ``spec``'s widths with random weights (seeded by ``spec.seed``); ``spec.vocab_size`` when set,
+    else ``vocab_size`` (the tokenizer's), embedding rows."""
     config = T5Config(
-        vocab_size=vocab_size, d_model=spec.d_model, d_kv=spec.d_kv, d_ff=spec.d_ff, num_layers=spec.num_layers,
+        vocab_size=spec.vocab_size or vocab_size, d_model=spec.d_model, d_kv=spec.d_kv, d_ff=spec.d_ff, num_layers=spec.num_layers,
         num_decoder_layers=spec.num_decoder_layers, num_heads=spec.num_heads, dropout_rate=spec.dropout_rate,
         feed_forward_proj=spec.feed_forward_proj, decoder_start_token_id=0,
         pad_token_id=0, eos_token_id=1,

@@ -1,0 +1,58 @@
+"""Training throughput of the benched hypernetworks: examples/s of forward (``adapted_loss`` + regularizers) and
+backward through the hypernetwork, warm-up excluded, no optimizer update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..data.collate import Batch
+from ..data.tasks import Task
+from ..training.methods import HypernetMethod
+from .measure import PeakMemory, summary, timed
+from .setup import Setup
+
+
+def throughput_batch(setup: Setup, tasks: list[Task]) -> Batch:
+    """``throughput_tasks`` tasks with ``throughput_queries`` queries each (their instances, or positives)."""
+    preset = setup.preset
+    groups = []
+    for i in range(preset.throughput_tasks):
+        task = tasks[i % len(tasks)]
+        pool = task.instances or task.positives
+        groups.append((task, [pool[j % len(pool)] for j in range(preset.throughput_queries)]))
+    return setup.collator(groups).to(setup.device)
+
+
+def _train_step(method: HypernetMethod, batch: Batch, index: int) -> None:
+    loss, _ = method.loss(batch, index)
+    loss.backward()
+    method.module.zero_grad(set_to_none=True)
+
+
+def training_throughput(setup: Setup, methods: dict[str, HypernetMethod],
+                        tasks: list[Task]) -> dict[str, dict[str, Any]]:
+    """Examples/s of ``method.loss`` (adapted_loss + regularizers) forward + backward through the hypernetwork.
+
+    One warm-up step per method (its peak memory is reported), then the methods' steps interleaved."""
+    device = setup.device
+    batch = throughput_batch(setup, tasks)
+    memory: dict[str, float] = {}
+    for name, method in methods.items():
+        method.train()
+        with PeakMemory(device) as probe:
+            _train_step(method, batch, 0)
+        memory[name] = probe.delta_mib
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for step in range(setup.preset.throughput_steps):
+        for name, method in methods.items():
+            times[name].append(timed(lambda: _train_step(method, batch, step + 1), device)[0])
+    results = {}
+    for name, method in methods.items():
+        method.eval()
+        median = summary(times[name])["median_s"]
+        results[name] = {"examples_per_step": batch.num_examples, "tasks_per_step": setup.preset.throughput_tasks,
+                         "steps": len(times[name]), "step": summary(times[name]),
+                         "examples_per_s": batch.num_examples / median, "peak_memory_mib": memory[name],
+                         "query_tokens_mean": float(batch.attention_mask.sum(1).float().mean()),
+                         "target_tokens_mean": float((batch.labels != -100).sum(1).float().mean())}
+    return results
