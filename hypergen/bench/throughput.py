@@ -1,4 +1,4 @@
-"""Training throughput of the benched hypernetworks: examples/s of forward (``adapted_loss`` + regularizers) and
+"""Training throughput of the benched hypernetworks: examples/s of forward (``adapted_forward``'s loss + regularizers) and
 backward through the hypernetwork, warm-up excluded, no optimizer update."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _train_step(method: HypernetMethod, batch: Batch, index: int) -> None:
 
 def training_throughput(setup: Setup, methods: dict[str, HypernetMethod],
                         tasks: list[Task]) -> dict[str, dict[str, Any]]:
-    """Examples/s of ``method.loss`` (adapted_loss + regularizers) forward + backward through the hypernetwork.
+    """Examples/s of ``method.loss`` (adapted_forward's loss + regularizers) forward + backward through the hypernetwork.
 
     One warm-up step per method (its peak memory is reported), then the methods' steps interleaved."""
     device = setup.device

@@ -27,7 +27,7 @@ from ..errors import RecipeError
 TEMPORARY_ATTRIBUTE_PREFIX = "_hypergen_"
 """The prefix of the name of every attribute a PEFT target sets on the main model's modules (site tags, hook
 handles, and the per-example parameters held while ``applied``), e.g. ``f"{TEMPORARY_ATTRIBUTE_PREFIX}lora"``.
-Gradient checkpointing of the frozen main model (hypergen/training/checkpointing.py) snapshots exactly the
+Gradient checkpointing of the frozen main model (hypergen/training/activation_recompute.py) snapshots exactly the
 attributes with this prefix and restores them when the backward pass recomputes a block, so a target whose
 temporaries are named otherwise gets wrong gradients under ``training.gradient_checkpointing.main_model``."""
 
