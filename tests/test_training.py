@@ -61,6 +61,17 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert losses(full) == losses(cut)
 
 
+def test_first_iteration_has_no_consistency_under_accumulation(tmp_path):
+    """Issue 14's measurement: a 1-step run with batch 4 in micro-batches of 2 logged cst = 0.122 for the first
+    iteration (its second micro-batch was compared with its first); the paper has L_cst(xi^(1)) = 0. The second
+    step compares with the first and is not 0."""
+    recipe = embedded_recipe(tmp_path, steps=2)
+    recipe["training"].update({"batch_size": 4, "micro_batch_size": 2})
+    run = train(tmp_path, recipe, tmp_path / "run")
+    cst = [json.loads(x)["cst"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert cst[0] == 0.0 and cst[1] > 0.0
+
+
 def test_resume_refuses_a_different_recipe(tmp_path):
     recipe = embedded_recipe(tmp_path, steps=1)
     out = train(tmp_path, recipe, tmp_path / "run")

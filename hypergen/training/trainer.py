@@ -24,7 +24,6 @@ checkpoints and the final weights."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -184,7 +183,6 @@ class Trainer:
             self.method.train()
             self.backend.zero_grad()
             parts_sum: dict[str, Any] = {}
-            regularizer_states = [copy.deepcopy(r.state_dict()) for r in self.method.regularizers]
             problem = None
             for micro in range(self.accumulation):
                 batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
@@ -198,14 +196,14 @@ class Trainer:
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
             problem = self.backend.step(problem)  # the update, unless something was non-finite (then skipped)
+            for regularizer in self.method.regularizers:  # a skipped step's states are dropped
+                regularizer.end_step(applied=problem is None)
             if problem is not None:
                 if cfg.on_nonfinite == "stop":
                     raise HypergenError(
                         f"step {self.step + 1}: {problem}; stopped (training.on_nonfinite is 'stop'); the weights "
                         f"were not updated and nothing after step {self.step} was checkpointed")
                 bar.write(f"step {self.step + 1}: {problem}, update skipped")
-                for regularizer, reg_state in zip(self.method.regularizers, regularizer_states):
-                    regularizer.load_state_dict(reg_state)  # this step's states never happened
                 parts_sum = {"loss": None, "skipped": problem}
             else:
                 self._average_parts(parts_sum)
