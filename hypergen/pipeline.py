@@ -20,6 +20,7 @@ from .recipe import apply_overrides, parse_recipe, read_recipe_dict
 from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, resolve_device, save_final
 from .training.checkpointing import enable_gradient_checkpointing
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
+from .training.optim import check_optimizer
 from .training.trainer import Trainer
 
 
@@ -41,6 +42,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
            progress: bool, evaluate_after: bool, dist) -> Path:
     # everything is validated (recipe, components, shapes, model, data) before the run folder is touched
     with errors_name_the_recipe(recipe_path):
+        check_optimizer(recipe.training)  # adam8bit without a usable bitsandbytes: fail now, not after loading
         if recipe.main_model.name_or_path:
             check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
         with dist.main_first():  # rank 0 writes any data cache (embedded tasks) before the others read it

@@ -4,6 +4,7 @@ A run folder::
 
     RUN/recipe.json                  the resolved recipe
     RUN/metrics.jsonl                one JSON line per logged step
+    RUN/run_info.json                what ran: the optimizer's class and the training backend
     RUN/checkpoints/step-*/          see training/checkpoint.py
     RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork recipes)
     RUN/model/                       final main model, a Hugging Face folder (finetune recipes)

@@ -39,12 +39,12 @@ from tqdm.auto import tqdm
 from ..data.collate import Collator
 from ..data.sampling import TaskSampler
 from ..errors import HypergenError
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_latest_checkpoint,
                          remove_partial_checkpoints, temporary_checkpoint_dir)
 from .distributed import SINGLE, Dist, accumulation_steps, collective_device
 from .faults import fault_requested, maybe_kill
-from .optim import linear_schedule, make_optimizer
+from .optim import linear_schedule, make_optimizer, optimizer_name
 
 
 class Trainer:
@@ -179,6 +179,9 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         window: dict[str, float] = {}
         examples, started = 0, time.perf_counter()
+        if self.dist.is_main:  # what actually ran, next to the recipe that asked for it
+            atomic_write_json(self.run_dir / "run_info.json",
+                              {"optimizer": self.backend.optimizer_name, "backend": self.backend.name})
         while self.step < cfg.steps:
             self.method.train()
             self.backend.zero_grad()
@@ -267,6 +270,7 @@ class TorchBackend:
     def __init__(self, method, cfg, dist: Dist, accumulation: int) -> None:
         self.method, self.cfg, self.dist, self.accumulation = method, cfg, dist, accumulation
         self.optimizer = make_optimizer(method.module.parameters(), cfg)
+        self.optimizer_name = optimizer_name(self.optimizer)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
 
     def forward(self):
