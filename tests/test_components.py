@@ -102,6 +102,26 @@ def test_autoregressive_state_depends_only_on_earlier_steps(tiny_main):
     assert hypernet.generator.z.grad is not None and hypernet.generator.z.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_fed_back_state_is_dropped_out_once(tiny_main, use_cache):
+    """In training, step l's input is exactly step l-1's output h_{l-1} (the states the projector sees, already
+    dropped out once by the decoder's output dropout), not a second dropout of it; z is dropped out once."""
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator(use_cache=use_cache), k=1)
+    hypernet.train()
+    hypernet.decoder.dropout.p = 0.5
+    inputs = []
+    hypernet.decoder.block[0].register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach()))
+    ids, mask = demos()
+    states = hypernet(ids, mask).generated.states.detach()  # T x 2L x d_h, L = 3
+    assert len(inputs) == 3
+    z = hypernet.generator.z.detach()
+    first = inputs[0][:, :2]
+    assert ((first == 0) | torch.isclose(first, 2 * z.expand_as(first))).all() and (first == 0).any()
+    for step in (1, 2):
+        fed_back = inputs[step][:, -2:]  # the new tokens of this step (the uncached path recomputes the earlier)
+        torch.testing.assert_close(fed_back, states[:, 2 * step - 2: 2 * step], rtol=0, atol=0)
+
+
 def test_non_autoregressive_is_bidirectional(tiny_main):
     hypernet, _ = build(tiny_main, NonAutoregressiveGenerator(), k=2)
     hypernet.eval()
