@@ -30,7 +30,7 @@ from .data.tasks import Task, load_task_folder
 from .errors import HypergenError, RecipeError
 from .io import atomic_save_tensors, atomic_write_json
 from .models.hypernet import HyperNetwork
-from .models.main import load_main_model
+from .models.main import DTYPES, load_main_model
 from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
 from .training.methods import FinetuneMethod, HypernetMethod
 
@@ -96,15 +96,18 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
     device = device or resolve_device(recipe.training.device)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)
-    main_model, tokenizer = load_main_model(recipe.main_model, device)
     if isinstance(recipe, FinetuneRecipe):
+        main_model, tokenizer = load_main_model(recipe.main_model, device)
         method = FinetuneMethod(main_model, recipe.few_shot, recipe.evaluation, recipe.train_demos_fraction)
-    else:
+    else:  # in fp32 on the CPU first: the hypernetwork starts from the full-precision weights
+        main_model, tokenizer = load_main_model(recipe.main_model, "cpu", dtype=torch.float32)
         method = build_hypernet_method(recipe, main_model, device)
     return Assembled(recipe, method, tokenizer, Collator(tokenizer, recipe.data), device)
 
 
 def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> HypernetMethod:
+    """``main_model`` in fp32: the hypernetwork copies its weights, then it goes to ``device`` in
+    ``main_model.dtype`` (bf16 there rounds the frozen model only, never the hypernetwork's starting point)."""
     hyper = recipe.hypernetwork
     target = make_component("peft_targets", recipe.peft, "peft")
     generator = make_component("generators", hyper.generator, "hypernetwork.generator")
@@ -123,6 +126,7 @@ def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> Hyperne
         if message.startswith(("projector:", "generator:")):
             message = f"hypernetwork.{message}"
         raise RecipeError(message) from None
+    main_model.to(device=device, dtype=DTYPES[recipe.main_model.dtype])
     target.prepare(main_model)
     return HypernetMethod(main_model, hypernet.to(device), target, regularizers, hyper.fusion_in_decoder,
                           recipe.evaluation)

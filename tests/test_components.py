@@ -265,3 +265,25 @@ def test_reported_attention_is_the_softmax_the_decoder_used(tiny_main, k):
     handle.remove()
     assert out.generated.attentions.shape == seen[-1].shape == (2, 4, 2 * P, 2 * P)
     torch.testing.assert_close(out.generated.attentions, seen[-1], atol=1e-6, rtol=1e-5)
+
+
+def test_hypernetwork_starts_from_fp32_weights_when_the_main_model_runs_in_bf16(tmp_path):
+    """main_model.dtype bfloat16 rounds the frozen main model only: the hypernetwork's copy of the encoder and
+    decoder is the main model's fp32 weights (here the tiny model's fp32 initialisation), not their bf16 rounding."""
+    from hypergen.models.main import tiny_t5
+    from hypergen.recipe import parse_recipe
+    from hypergen.runs import assemble
+
+    from test_training import embedded_recipe
+
+    data = embedded_recipe(tmp_path)
+    data["main_model"]["dtype"] = "bfloat16"
+    recipe = parse_recipe(data)
+    method = assemble(recipe, torch.device("cpu")).method
+    reference = tiny_t5(recipe.main_model.tiny, vocab_size=method.main_model.config.vocab_size)
+    assert all(p.dtype == torch.bfloat16 for p in method.main_model.parameters())
+    for name in ("encoder.block.1.layer.1.DenseReluDense.wo.weight", "decoder.block.0.layer.0.SelfAttention.q.weight"):
+        copied, fp32 = method.module.get_parameter(name), reference.get_parameter(name)
+        assert copied.dtype == torch.float32
+        torch.testing.assert_close(copied.detach(), fp32.detach(), rtol=0, atol=0)
+        assert not torch.equal(copied.detach(), fp32.detach().bfloat16().float())
