@@ -186,3 +186,30 @@ def test_ensure_reuses(tmp_path):
     assert marker.stat().st_mtime_ns == stamp
     ensure_embedded_tasks(tmp_path, seed=2)
     assert json.loads((folder / "manifest.json").read_text())["seed"] == 2
+
+
+def test_few_shot_inputs_truncate_the_demos_and_keep_the_query_whole():
+    """FT-Few-Shot: demos + separator + query within max_demo_length + max_input_length tokens; when too long, the
+    demos are cut (at their end), never the query; a query-only example is the query as without demos."""
+    from transformers import ByT5Tokenizer
+
+    from hypergen.data.collate import Collator
+    from hypergen.data.format import DEMOS_QUERY_SEPARATOR
+    from hypergen.recipe import Data
+
+    tokenizer = ByT5Tokenizer()
+    task = Task("t", "Add one to the number.", [Example("3", ("4",)), Example("5", ("6",))], [Example("7", ("8",))],
+                "x")
+    data = Data(source="embedded", max_demo_length=60, max_input_length=12, max_target_length=4)
+    collator = Collator(tokenizer, data)
+    long_query, short_query = Example("1234567890", ("1",)), Example("9", ("10",))
+    batch = collator([(task, [long_query, short_query])], demos_in_input=1.0)
+    separator = DEMOS_QUERY_SEPARATOR["sni"]
+    demos = collator.demos(task)
+    assert len(demos) > 60  # the demos alone overflow the budget
+    for row, query, mask in zip(batch.input_ids, ("1234567890", "9"), batch.attention_mask):
+        text = tokenizer.decode(row[: int(mask.sum())], skip_special_tokens=True)
+        assert int(mask.sum()) == 60 + 12 and text.endswith(separator + query)
+        assert demos.startswith(text[: -len(separator + query)])  # the demos' beginning, cut at the end
+    alone = collator([(task, [long_query])], demos_in_input=0.0)
+    assert alone.input_ids[0].tolist() == tokenizer("1234567890", max_length=12, truncation=True)["input_ids"]
