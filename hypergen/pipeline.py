@@ -62,7 +62,8 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
     # each process samples its own tasks: seed + rank (rank 0 draws what a single process draws)
     sampler = TaskSampler(train_tasks, recipe.training.seed + dist.rank, recipe.data.queries_per_task,
                           recipe.data.proportional_sampling,
-                          shots=recipe.data.num_positive if recipe.data.source == "p3" else 0)
+                          shots=recipe.data.num_positive if recipe.data.source == "p3" else 0,
+                          max_instances_per_task=recipe.data.max_train_instances_per_task)
     cfg = recipe.training
 
     def periodic_eval() -> dict[str, Any]:
