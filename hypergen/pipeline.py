@@ -21,6 +21,7 @@ from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_d
                    save_final)
 from .training.activation_recompute import enable_gradient_checkpointing
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
+from .training.optim import check_optimizer
 from .training.trainer import Trainer
 
 
@@ -47,6 +48,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
            progress: bool, evaluate_after: bool, dist, held: ExitStack) -> Path:
     # everything is validated (recipe, components, shapes, model, data) before the run folder is touched
     with errors_name_the_recipe(recipe_path):
+        check_optimizer(recipe.training)  # adam8bit without a usable bitsandbytes: fail now, not after loading
         if recipe.main_model.name_or_path:
             check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
         with dist.main_first():  # rank 0 writes any data cache (embedded tasks) before the others read it
@@ -66,7 +68,8 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
     # each process samples its own tasks: seed + rank (rank 0 draws what a single process draws)
     sampler = TaskSampler(train_tasks, recipe.training.seed + dist.rank, recipe.data.queries_per_task,
                           recipe.data.proportional_sampling,
-                          shots=recipe.data.num_positive if recipe.data.source == "p3" else 0)
+                          shots=recipe.data.num_positive if recipe.data.source == "p3" else 0,
+                          max_instances_per_task=recipe.data.max_train_instances_per_task)
     cfg = recipe.training
 
     def periodic_eval() -> dict[str, Any]:

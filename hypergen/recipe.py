@@ -87,6 +87,9 @@ class Data(Strict):
     max_target_length: int = Field(128, gt=0)
     queries_per_task: int = Field(1, ge=1, description="queries sharing one hypernetwork pass (1: the paper)")
     proportional_sampling: bool = True
+    max_train_instances_per_task: int | None = Field(
+        None, ge=1, description="training tasks are sampled as if they had at most this many instances (a fixed "
+        "subset of each larger task); off by default, Tk-Instruct uses 100")
     eval_instances_per_task: int = Field(100, ge=1)
     embedded_seed: int = 0
     p3_train_datasets: list[str] | None = Field(None, description="P3 subset-name prefixes to train on (T0's)")

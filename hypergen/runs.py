@@ -6,6 +6,7 @@ A run folder::
     RUN/.hypergen.lock               locked while a process trains the run
     RUN/recipe.json                  the resolved recipe
     RUN/metrics.jsonl                one JSON line per logged step
+    RUN/run_info.json                what ran: the optimizer's class and the training backend
     RUN/checkpoints/step-*/          see training/checkpoint.py
     RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork recipes)
     RUN/model/                       final main model, a Hugging Face folder (finetune recipes)
@@ -30,7 +31,7 @@ from .errors import HypergenError, RecipeError
 from .folders import FolderKind, FolderLock, check_output_dir, clear_output_dir
 from .io import atomic_save_tensors, atomic_write_json, check_tensors_fit, read_json, read_safetensors, writing
 from .models.hypernet import HyperNetwork
-from .models.main import load_main_model
+from .models.main import DTYPES, load_main_model
 from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
 from .training.methods import FinetuneMethod, HypernetMethod
 
@@ -96,15 +97,18 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
     device = device or resolve_device(recipe.training.device)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)
-    main_model, tokenizer = load_main_model(recipe.main_model, device)
     if isinstance(recipe, FinetuneRecipe):
+        main_model, tokenizer = load_main_model(recipe.main_model, device)
         method = FinetuneMethod(main_model, recipe.few_shot, recipe.evaluation, recipe.train_demos_fraction)
-    else:
+    else:  # in fp32 on the CPU first: the hypernetwork starts from the full-precision weights
+        main_model, tokenizer = load_main_model(recipe.main_model, "cpu", dtype=torch.float32)
         method = build_hypernet_method(recipe, main_model, device)
     return Assembled(recipe, method, tokenizer, Collator(tokenizer, recipe.data), device)
 
 
 def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> HypernetMethod:
+    """``main_model`` in fp32: the hypernetwork copies its weights, then it goes to ``device`` in
+    ``main_model.dtype`` (bf16 there rounds the frozen model only, never the hypernetwork's starting point)."""
     hyper = recipe.hypernetwork
     target = make_component("peft_targets", recipe.peft, "peft")
     generator = make_component("generators", hyper.generator, "hypernetwork.generator")
@@ -123,6 +127,7 @@ def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> Hyperne
         if message.startswith(("projector:", "generator:")):
             message = f"hypernetwork.{message}"
         raise RecipeError(message) from None
+    main_model.to(device=device, dtype=DTYPES[recipe.main_model.dtype])
     target.prepare(main_model)
     return HypernetMethod(main_model, hypernet.to(device), target, regularizers, hyper.fusion_in_decoder,
                           recipe.evaluation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from hypergen.components.generators import AutoregressiveGenerator, NonAutoregressiveGenerator
 from hypergen.components.projectors import LayerwiseMLPProjector
@@ -101,6 +102,26 @@ def test_autoregressive_state_depends_only_on_earlier_steps(tiny_main):
     assert hypernet.generator.z.grad is not None and hypernet.generator.z.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_fed_back_state_is_dropped_out_once(tiny_main, use_cache):
+    """In training, step l's input is exactly step l-1's output h_{l-1} (the states the projector sees, already
+    dropped out once by the decoder's output dropout), not a second dropout of it; z is dropped out once."""
+    hypernet, _ = build(tiny_main, AutoregressiveGenerator(use_cache=use_cache), k=1)
+    hypernet.train()
+    hypernet.decoder.dropout.p = 0.5
+    inputs = []
+    hypernet.decoder.block[0].register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach()))
+    ids, mask = demos()
+    states = hypernet(ids, mask).generated.states.detach()  # T x 2L x d_h, L = 3
+    assert len(inputs) == 3
+    z = hypernet.generator.z.detach()
+    first = inputs[0][:, :2]
+    assert ((first == 0) | torch.isclose(first, 2 * z.expand_as(first))).all() and (first == 0).any()
+    for step in (1, 2):
+        fed_back = inputs[step][:, -2:]  # the new tokens of this step (the uncached path recomputes the earlier)
+        torch.testing.assert_close(fed_back, states[:, 2 * step - 2: 2 * step], rtol=0, atol=0)
+
+
 def test_non_autoregressive_is_bidirectional(tiny_main):
     hypernet, _ = build(tiny_main, NonAutoregressiveGenerator(), k=2)
     hypernet.eval()
@@ -127,6 +148,77 @@ def test_local_consistency():
     restored.load_state_dict(reg.state_dict())
     third = torch.randn(2, 6, 8)
     torch.testing.assert_close(restored.loss(third, 3), reg.loss(third, 3))
+
+
+def consistency_terms(pairing, processes, micro_batches, steps, skipped=()):
+    """The weighted consistency term of each step and its gradient with respect to the step's states, computed
+    as the trainer does: ``processes`` x ``micro_batches`` micro-batches share the step's rows (rank 0's
+    micro-batches first), each micro-batch's loss is divided by the accumulation count, the gradients are averaged
+    over the processes; ``end_step`` after every step (``skipped``: steps whose update was skipped)."""
+    regularizers = [LocalConsistency(alpha=5.0, pairing=pairing) for _ in range(processes)]
+    out = []
+    for step, states in enumerate(steps):
+        states = states.clone().requires_grad_(True)
+        chunks = states.chunk(processes * micro_batches)
+        term = sum(regularizers[p].alpha * regularizers[p].loss(chunks[p * micro_batches + m], step) / micro_batches
+                   for p in range(processes) for m in range(micro_batches)) / processes
+        grad = torch.autograd.grad(term, states)[0] if term.requires_grad else torch.zeros_like(states)
+        out.append((term.detach(), grad))
+        for regularizer in regularizers:
+            regularizer.end_step(applied=step not in skipped)
+    return out
+
+
+def test_local_consistency_pairs_iterations_whatever_the_micro_batch_layout():
+    """Row pairing: one micro-batch of 8 task rows, 4 of 2, or 2 processes x 2 of 2 give the same weighted term
+    and gradient as the formula over the whole batch, alpha * MSE(H_t, H_{t-1}); the whole first step gives 0,
+    and a skipped step leaves the previous states as they were (step 3 compares with step 1)."""
+    torch.manual_seed(0)
+    steps = [torch.randn(8, 6, 4) for _ in range(4)]
+    previous = {1: steps[0], 2: steps[1], 3: steps[1]}  # step index 2 is skipped
+    for layout in ((1, 1), (1, 4), (2, 2)):
+        terms = consistency_terms("row", *layout, steps, skipped={2})
+        assert terms[0][0].item() == 0.0 and not terms[0][1].any()
+        for step, target in previous.items():
+            states = steps[step].clone().requires_grad_(True)
+            expected = 5.0 * F.mse_loss(states, target)
+            (grad,) = torch.autograd.grad(expected, states)
+            torch.testing.assert_close(terms[step][0], expected.detach(), msg=f"{layout} step {step}")
+            torch.testing.assert_close(terms[step][1], grad, msg=f"{layout} step {step}")
+
+
+def test_local_consistency_mean_pairing_compares_micro_batch_means():
+    """Mean pairing: with one micro-batch it is the batch-mean reading; with k micro-batches the term is the
+    average over micro-batches of MSE(mean of micro-batch m at t, its mean at t-1), the same in one process (4
+    micro-batches) as in two (2 each)."""
+    torch.manual_seed(1)
+    steps = [torch.randn(8, 6, 4) for _ in range(3)]
+    whole = consistency_terms("mean", 1, 1, steps)
+    for step in (1, 2):
+        torch.testing.assert_close(whole[step][0], 5.0 * F.mse_loss(steps[step].mean(0), steps[step - 1].mean(0)))
+    one, two = consistency_terms("mean", 1, 4, steps), consistency_terms("mean", 2, 2, steps)
+    for step in (1, 2):
+        micro_means = [(a.mean(0), b.mean(0)) for a, b in zip(steps[step].chunk(4), steps[step - 1].chunk(4))]
+        expected = 5.0 * sum(F.mse_loss(a, b) for a, b in micro_means) / 4
+        torch.testing.assert_close(one[step][0], expected)
+        torch.testing.assert_close(two[step][0], expected)
+        torch.testing.assert_close(two[step][1], one[step][1])
+    assert not torch.allclose(one[1][0], whole[1][0])  # micro-batch means are not the batch mean
+
+
+def test_local_consistency_checkpoint_holds_the_previous_step():
+    torch.manual_seed(2)
+    reg = LocalConsistency(alpha=2.0)
+    first = [torch.randn(2, 6, 4) for _ in range(3)]
+    for states in first:
+        assert reg.loss(states, 0).item() == 0.0
+    reg.end_step(applied=True)
+    restored = LocalConsistency(alpha=2.0)
+    restored.load_state_dict({k: v.clone() for k, v in reg.state_dict().items()})
+    for m, states in enumerate(torch.randn(3, 2, 6, 4)):
+        expected = F.mse_loss(states, first[m])
+        torch.testing.assert_close(restored.loss(states, 1), expected)
+        torch.testing.assert_close(reg.loss(states, 1), expected)
 
 
 def test_only_hypernetwork_gets_gradients(tiny_main):
@@ -173,3 +265,25 @@ def test_reported_attention_is_the_softmax_the_decoder_used(tiny_main, k):
     handle.remove()
     assert out.generated.attentions.shape == seen[-1].shape == (2, 4, 2 * P, 2 * P)
     torch.testing.assert_close(out.generated.attentions, seen[-1], atol=1e-6, rtol=1e-5)
+
+
+def test_hypernetwork_starts_from_fp32_weights_when_the_main_model_runs_in_bf16(tmp_path):
+    """main_model.dtype bfloat16 rounds the frozen main model only: the hypernetwork's copy of the encoder and
+    decoder is the main model's fp32 weights (here the tiny model's fp32 initialisation), not their bf16 rounding."""
+    from hypergen.models.main import tiny_t5
+    from hypergen.recipe import parse_recipe
+    from hypergen.runs import assemble
+
+    from test_training import embedded_recipe
+
+    data = embedded_recipe(tmp_path)
+    data["main_model"]["dtype"] = "bfloat16"
+    recipe = parse_recipe(data)
+    method = assemble(recipe, torch.device("cpu")).method
+    reference = tiny_t5(recipe.main_model.tiny, vocab_size=method.main_model.config.vocab_size)
+    assert all(p.dtype == torch.bfloat16 for p in method.main_model.parameters())
+    for name in ("encoder.block.1.layer.1.DenseReluDense.wo.weight", "decoder.block.0.layer.0.SelfAttention.q.weight"):
+        copied, fp32 = method.module.get_parameter(name), reference.get_parameter(name)
+        assert copied.dtype == torch.float32
+        torch.testing.assert_close(copied.detach(), fp32.detach(), rtol=0, atol=0)
+        assert not torch.equal(copied.detach(), fp32.detach().bfloat16().float())

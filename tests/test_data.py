@@ -186,3 +186,53 @@ def test_ensure_reuses(tmp_path):
     assert marker.stat().st_mtime_ns == stamp
     ensure_embedded_tasks(tmp_path, seed=2)
     assert json.loads((folder / "manifest.json").read_text())["seed"] == 2
+
+
+def test_few_shot_inputs_truncate_the_demos_and_keep_the_query_whole():
+    """FT-Few-Shot: demos + separator + query within max_demo_length + max_input_length tokens; when too long, the
+    demos are cut (at their end), never the query; a query-only example is the query as without demos."""
+    from transformers import ByT5Tokenizer
+
+    from hypergen.data.collate import Collator
+    from hypergen.data.format import DEMOS_QUERY_SEPARATOR
+    from hypergen.recipe import Data
+
+    tokenizer = ByT5Tokenizer()
+    task = Task("t", "Add one to the number.", [Example("3", ("4",)), Example("5", ("6",))], [Example("7", ("8",))],
+                "x")
+    data = Data(source="embedded", max_demo_length=60, max_input_length=12, max_target_length=4)
+    collator = Collator(tokenizer, data)
+    long_query, short_query = Example("1234567890", ("1",)), Example("9", ("10",))
+    batch = collator([(task, [long_query, short_query])], demos_in_input=1.0)
+    separator = DEMOS_QUERY_SEPARATOR["sni"]
+    demos = collator.demos(task)
+    assert len(demos) > 60  # the demos alone overflow the budget
+    for row, query, mask in zip(batch.input_ids, ("1234567890", "9"), batch.attention_mask):
+        text = tokenizer.decode(row[: int(mask.sum())], skip_special_tokens=True)
+        assert int(mask.sum()) == 60 + 12 and text.endswith(separator + query)
+        assert demos.startswith(text[: -len(separator + query)])  # the demos' beginning, cut at the end
+    alone = collator([(task, [long_query])], demos_in_input=0.0)
+    assert alone.input_ids[0].tolist() == tokenizer("1234567890", max_length=12, truncation=True)["input_ids"]
+
+
+def test_max_train_instances_per_task_caps_what_proportional_sampling_sees():
+    """A task of 1000 instances and one of 10: proportional sampling draws the big one ~99% of the time; capped at
+    10 instances per task both are drawn about equally, the big one's queries come from one fixed subset of 10 (the
+    same whatever the seed, so in every process), and the recipe field is checked."""
+    from hypergen.errors import RecipeError
+    from hypergen.recipe import parse_recipe
+
+    big = Task("big", "d", [], [Example(f"b{i}", ("x",)) for i in range(1000)], "s")
+    small = Task("small", "d", [], [Example(f"s{i}", ("x",)) for i in range(10)], "s")
+    plain = Counter(t.name for t, _ in TaskSampler([big, small], seed=0).next_batch(2000))
+    assert plain["big"] > 1900
+    queries = {}
+    for seed in (0, 1):
+        sampler = TaskSampler([big, small], seed=seed, max_instances_per_task=10)
+        draws = sampler.next_batch(2000)
+        counts = Counter(t.name for t, _ in draws)
+        assert 850 < counts["big"] < 1150
+        queries[seed] = {q.input for t, qs in draws if t.name == "big" for q in qs}
+    assert len(queries[0]) == 10 and queries[0] == queries[1]
+    with pytest.raises(RecipeError, match="max_train_instances_per_task"):
+        parse_recipe({"data": {"source": "embedded", "max_train_instances_per_task": 0}})

@@ -317,6 +317,64 @@ def test_two_process_run_resumes_from_its_checkpoint(two_process_run):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+class Concatenated:
+    """One micro-batch holding what ``chunks`` successive micro-batches of ``sampler`` hold, in the same order."""
+
+    def __init__(self, sampler, chunks: int):
+        self.sampler, self.chunks = sampler, chunks
+        self.queries_per_task = sampler.queries_per_task
+
+    def next_batch(self, num_tasks):
+        return [group for _ in range(self.chunks) for group in self.sampler.next_batch(num_tasks // self.chunks)]
+
+
+def consistency_recipe(tmp_path) -> dict:
+    """``plain_recipe`` with local consistency, and one target token per example, so that the cross-entropy of a
+    micro-batch (a mean over its target tokens) does not depend on how the batch is split either."""
+    data = plain_recipe(tmp_path, steps=3)
+    data["hypernetwork"]["regularizers"] = [{"name": "local_consistency", "alpha": 10.0}]
+    data["data"]["max_target_length"] = 1
+    return data
+
+
+def one_process_history(data, tmp_path, micro_batch_size: int):
+    """One process on the examples the two processes of ``data`` see together, in micro-batches of the given size."""
+    recipe = parse_recipe({k: v for k, v in data.items() if k != "distributed"})
+    random.seed(recipe.training.seed)
+    torch.manual_seed(recipe.training.seed)
+    assembled = assemble(recipe, torch.device("cpu"))
+    tasks = load_tasks(recipe, "train")
+    seed, q = recipe.training.seed, recipe.data.queries_per_task
+    sampler = RankInterleaved([TaskSampler(tasks, seed, q), TaskSampler(tasks, seed + 1, q)], per_rank=2)
+    micro_batches = recipe.training.batch_size // micro_batch_size
+    if micro_batches == 1:
+        sampler = Concatenated(sampler, chunks=4)
+    cfg = recipe.training.model_copy(update={"checkpoint_every": None, "micro_batch_size": micro_batch_size})
+    return Trainer(assembled.method, sampler, assembled.collator, cfg, tmp_path / f"micro-{micro_batch_size}",
+                   torch.device("cpu"), progress=False).fit()
+
+
+@pytest.mark.distributed
+def test_consistency_term_is_the_same_for_any_batch_layout(tmp_path):
+    """Local consistency compares micro-batch m of step t with micro-batch m of step t-1, so the weighted term is
+    the MSE over the whole batch's rows however the batch is laid out: 2 gloo processes x 2 micro-batches of 2
+    examples, one process x 4 micro-batches of 2, and one micro-batch of 8, all on the same examples, log the same
+    consistency term and prediction loss (to float32 tolerance), 0 for the whole first step."""
+    data = consistency_recipe(tmp_path)
+    data["distributed"] = {"backend": "ddp"}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(data))
+    torchrun_train(path, tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    accumulated, whole = (one_process_history(data, tmp_path, size) for size in (2, 8))
+    assert records[0]["cst"] == accumulated[0]["cst"] == whole[0]["cst"] == 0.0
+    assert all(r["cst"] > 1e-6 for r in records[1:])
+    for key in ("cst", "loss"):
+        two = [r[key] for r in records]
+        assert two == pytest.approx([h[key] for h in accumulated], rel=1e-5), key
+        assert two == pytest.approx([h[key] for h in whole], rel=1e-5), key
+
+
 # -- two processes, DeepSpeed ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def deepspeed_run(two_process_run):

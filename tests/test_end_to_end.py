@@ -85,6 +85,17 @@ def test_recipes_validate_all_shipped_recipes():
     assert result.output.count(": ok") == len(files)
 
 
+def test_recipe_descriptions_attribute_no_zero_stage_to_the_paper():
+    """The paper says it used "deepspeed library for distributed training"; it names no ZeRO stage, so no sentence
+    of a recipe description may tie one to it."""
+    import re
+
+    for path in sorted((REPO / "recipes").glob("*.json")):
+        for sentence in re.split(r"(?<=[.;])\s", json.loads(path.read_text())["description"]):
+            if "paper" in sentence:
+                assert not re.search(r"(ZeRO|stage) ?[0-3]", sentence), (path.name, sentence)
+
+
 def test_recipe_errors_name_the_field(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"main_model": {"tiny": {"d_model": "big"}}, "data": {"source": "embedded"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from hypergen.cli import main
-from hypergen.errors import HypergenError
+from hypergen.errors import HypergenError, RecipeError
 from hypergen.models.main import load_main_model, save_main_model
 from hypergen.recipe import MainModel, TinyT5, Training
 from hypergen.training.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
@@ -59,6 +60,17 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert (full / "metrics.jsonl").read_text() .count("\n") == (cut / "metrics.jsonl").read_text().count("\n")
     losses = lambda run: [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses(full) == losses(cut)
+
+
+def test_first_iteration_has_no_consistency_under_accumulation(tmp_path):
+    """Issue 14's measurement: a 1-step run with batch 4 in micro-batches of 2 logged cst = 0.122 for the first
+    iteration (its second micro-batch was compared with its first); the paper has L_cst(xi^(1)) = 0. The second
+    step compares with the first and is not 0."""
+    recipe = embedded_recipe(tmp_path, steps=2)
+    recipe["training"].update({"batch_size": 4, "micro_batch_size": 2})
+    run = train(tmp_path, recipe, tmp_path / "run")
+    cst = [json.loads(x)["cst"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert cst[0] == 0.0 and cst[1] > 0.0
 
 
 def test_resume_refuses_a_different_recipe(tmp_path):
@@ -115,6 +127,31 @@ def test_optimizers_take_a_step(name):
     (weight ** 2).sum().backward()
     optimizer.step()
     assert weight.detach().max() < 1.0
+
+
+def test_adam8bit_without_bitsandbytes_fails_at_once_naming_the_setting(tmp_path, monkeypatch):
+    """Never a silent AdamW: where bitsandbytes cannot be imported, asking for adam8bit is a one-line error naming
+    training.optimizer (exit status 2), before any run folder is written."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
+    with pytest.raises(RecipeError, match="^training.optimizer: 'adam8bit' needs bitsandbytes"):
+        make_optimizer([torch.nn.Parameter(torch.ones(4))], Training(optimizer="adam8bit"))
+    recipe = embedded_recipe(tmp_path, steps=1)
+    recipe["training"]["optimizer"] = "adam8bit"
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "run"), "--quiet", "--no-eval"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {path}: training.optimizer: 'adam8bit' needs bitsandbytes")
+    assert result.output.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, ran", [("adamw", "torch.optim.adamw.AdamW"),
+                                       ("adam8bit", "bitsandbytes.optim.adam.Adam8bit")])
+def test_the_run_folder_records_the_optimizer_that_ran(tmp_path, name, ran):
+    recipe = embedded_recipe(tmp_path, steps=1)
+    recipe["training"]["optimizer"] = name
+    run = train(tmp_path, recipe, tmp_path / "run")
+    assert json.loads((run / "run_info.json").read_text()) == {"optimizer": ran, "backend": "torch"}
 
 
 def test_linear_schedule_warms_up_then_decays():

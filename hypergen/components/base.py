@@ -156,7 +156,12 @@ class Regularizer(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, states: torch.Tensor, step: int) -> torch.Tensor:
-        """``states``: T x S x d_h of this iteration. Returns the unweighted scalar loss."""
+        """``states``: T x S x d_h of one micro-batch of iteration ``step`` (called once per micro-batch, in
+        order). Returns the unweighted scalar loss."""
+
+    def end_step(self, applied: bool) -> None:  # noqa: B027 - stateless default
+        """Called by the trainer once per optimizer step, after it: ``applied`` False when the update was skipped
+        (non-finite), and then the step's states must leave no trace in what later steps compare against."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}

@@ -31,6 +31,10 @@ def run_decoder(decoder: nn.Module, inputs: torch.Tensor, encoder_states: torch.
                 output_attentions: bool = False, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pass of the hypernetwork decoder (a ``T5Stack``) over ``inputs`` (T x n x d_h, used as embeddings).
 
+    ``inputs`` are used as they are: the caller applies the decoder's dropout to what is new (the learnable z),
+    not to states fed back from an earlier step, which already went through the output dropout here (a fed-back
+    state is dropped out once, as the T5 stack drops its embeddings once).
+
     ``self_mask``: additive T x 1 x n x n_total mask for self-attention (None = every key visible);
     ``encoder_mask``: T x n_d with 1 for demo tokens. ``checkpoint``: recompute each block's activations in the
     backward pass (training.gradient_checkpointing.hypernetwork); never with a ``cache`` (written in place: a
@@ -39,7 +43,7 @@ def run_decoder(decoder: nn.Module, inputs: torch.Tensor, encoder_states: torch.
     T x heads x n x n_total.
     """
     cross_mask = additive_mask(encoder_mask[:, None, None, :].bool(), inputs.dtype)
-    hidden = decoder.dropout(inputs)
+    hidden = inputs
     position_bias = cross_bias = None
     attentions = None
     for i, block in enumerate(decoder.block):
@@ -103,8 +107,8 @@ class NonAutoregressiveGenerator(Generator):
     def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False,
                 checkpoint=False) -> GeneratedStates:
         num_tasks = encoder_states.shape[0]
-        p = self.p
-        z = self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1)  # T x 2p x d_h
+        p = self.rows_per_layer
+        z = decoder.dropout(self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1))  # T x 2p x d_h
         states, attentions = run_decoder(decoder, z, encoder_states, encoder_mask, self_mask=None,
                                          output_attentions=output_attentions, checkpoint=checkpoint)
         rows = {
@@ -141,7 +145,9 @@ class AutoregressiveGenerator(Generator):
                 checkpoint=False) -> GeneratedStates:
         num_tasks = encoder_states.shape[0]
         steps = max(shape.num_encoder_layers, shape.num_decoder_layers)
-        step_input = self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1)  # T x 2 x d_h
+        # z is dropped out once, here; each later step's input is the previous step's output h_{l-1} exactly as
+        # the projector sees it (already dropped out once, by run_decoder's output dropout)
+        step_input = decoder.dropout(self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1))  # T x 2 x d_h
         outputs: list[torch.Tensor] = []
         if self.use_cache:
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .format import demos_text, query_text
+from .format import DEMOS_QUERY_SEPARATOR, demos_text, query_text
 from .tasks import Example, Task
 
 
@@ -58,13 +58,30 @@ class Collator:
         demos = self._encode([self.demos(t) for t in tasks], self.cfg.max_demo_length)
         return demos["input_ids"], demos["attention_mask"]
 
+    def encode_inputs(self, inputs: list[tuple[str | None, str]]):
+        """``input_ids``, ``attention_mask`` (B x n_x) of (demos or None, query) pairs, right-padded.
+
+        The query keeps its first ``max_input_length`` tokens, as without demos. Demos come first, cut at the end
+        to what the query leaves of ``max_demo_length + max_input_length`` (so the query is never cut for them, as
+        in Tk-Instruct), then ``DEMOS_QUERY_SEPARATOR`` of the demo style, then the query."""
+        separator = self.tokenizer(DEMOS_QUERY_SEPARATOR[self.cfg.demo_style], add_special_tokens=False)["input_ids"]
+        rows = []
+        for demos, query in inputs:
+            ids = self.tokenizer(query, max_length=self.cfg.max_input_length, truncation=True)["input_ids"]
+            if demos is not None:
+                budget = self.cfg.max_demo_length + self.cfg.max_input_length - len(ids) - len(separator)
+                ids = self.tokenizer(demos, add_special_tokens=False)["input_ids"][: max(budget, 0)] + separator + ids
+            rows.append(ids)
+        return self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+
     def _encode(self, texts: list[str], max_length: int):
         return self.tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
 
     def __call__(self, groups: list[tuple[Task, list[Example]]], with_labels: bool = True,
                  demos_in_input: bool | float = False) -> Batch:
         """``demos_in_input``: put the task's demos before each query (fine-tuning baselines); a fraction in
-        (0, 1) does so for that share of examples, drawn with Python's ``random`` (checkpointed by the trainer)."""
+        (0, 1) does so for that share of examples, drawn with Python's ``random`` (checkpointed by the trainer).
+        Such an input is demos + separator + query, see :meth:`encode_inputs`."""
         tasks = [task for task, _ in groups]
         demo_ids, demo_mask = self.encode_demos(tasks)
         task_index, inputs, targets, references = [], [], [], []
@@ -73,11 +90,10 @@ class Collator:
                 task_index.append(row)
                 query = query_text(example)
                 with_demos = demos_in_input >= 1 or (demos_in_input > 0 and random.random() < demos_in_input)
-                inputs.append(self.demos(task) + query if with_demos else query)
+                inputs.append((self.demos(task) if with_demos else None, query))
                 targets.append(example.outputs[0])
                 references.append(tuple(example.outputs))
-        limit = self.cfg.max_input_length + (self.cfg.max_demo_length if demos_in_input else 0)
-        enc = self._encode(inputs, limit)
+        enc = self.encode_inputs(inputs)
         labels = None
         if with_labels:
             lab = self._encode(targets, self.cfg.max_target_length)

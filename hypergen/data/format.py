@@ -51,6 +51,11 @@ def demos_text(task: Task, num_positive: int = 2, include_definition: bool = Tru
     return "".join(parts)
 
 
+# what FT-Few-Shot puts between the (possibly truncated) demos and the query, per demo style: for "sni" the
+# phrase Tk-Instruct puts before its query
+DEMOS_QUERY_SEPARATOR = {"sni": "Now complete the following example -\n", "compact": "|| ", "shots": "\n\n"}
+
+
 def query_text(example: Example, template: str = "{input}") -> str:
     """The text the frozen model reads for one instance: ``template`` with ``{input}`` filled in."""
     try:

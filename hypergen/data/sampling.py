@@ -19,12 +19,16 @@ class TaskSampler:
     ``queries_per_task`` repeats some (all of its instances once, then random ones). Everything comes from one
     ``random.Random(seed)``, whose state :meth:`state_dict` saves as JSON-serialisable data.
 
+    With ``max_instances_per_task`` (S-NI's ``max_num_instances_per_task``, 100 in Tk-Instruct) a task with more
+    instances is sampled as if it had only that many: a fixed subset of them (:func:`capped`), so that proportional
+    sampling does not let a few huge tasks dominate.
+
     With ``shots`` > 0 (P3's "16-Shots"), each draw's demos are ``shots`` other instances of the task, sampled
     anew at each draw and never including that draw's queries: the task is returned with them as its positives.
     """
 
     def __init__(self, tasks: Sequence[Task], seed: int, queries_per_task: int = 1, proportional: bool = True,
-                 shots: int = 0):
+                 shots: int = 0, max_instances_per_task: int | None = None):
         if not tasks:
             raise ValueError("TaskSampler needs at least one task")
         if queries_per_task < 1:
@@ -32,7 +36,8 @@ class TaskSampler:
         empty = [t.name for t in tasks if not t.instances]
         if empty:
             raise ValueError(f"tasks without instances cannot be sampled: {', '.join(empty)}")
-        self.tasks = list(tasks)
+        self.max_instances_per_task = max_instances_per_task
+        self.tasks = [capped(t, max_instances_per_task) for t in tasks] if max_instances_per_task else list(tasks)
         self.queries_per_task = queries_per_task
         self.proportional = proportional
         self.shots = shots
@@ -69,13 +74,23 @@ class TaskSampler:
             "queries_per_task": self.queries_per_task,
             "proportional": self.proportional,
             "shots": self.shots,
+            "max_instances_per_task": self.max_instances_per_task,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`; the sampler must have been built on the same tasks and settings."""
         mine = self.state_dict()
-        for field in ("task_names", "queries_per_task", "proportional", "shots"):
+        for field in ("task_names", "queries_per_task", "proportional", "shots", "max_instances_per_task"):
             if state.get(field) != mine[field]:
                 raise HypergenError(f"sampler state does not match this sampler: field '{field}' differs")
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
+
+
+def capped(task: Task, limit: int) -> Task:
+    """``task`` with at most ``limit`` of its instances, in file order: a subset drawn from the task's name, so it
+    is the same in every process and after a resume."""
+    if len(task.instances) <= limit:
+        return task
+    keep = sorted(random.Random(task.name).sample(range(len(task.instances)), limit))
+    return dataclasses.replace(task, instances=[task.instances[i] for i in keep])

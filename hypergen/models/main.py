@@ -71,8 +71,10 @@ def check_model_available(name_or_path: str, where: str = "main_model.name_or_pa
         )
 
 
-def load_main_model(spec: MainModel, device: torch.device | str = "cpu"):
-    """Return ``(model, tokenizer)``; the model is in eval mode with every parameter frozen."""
+def load_main_model(spec: MainModel, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """Return ``(model, tokenizer)``; the model is in eval mode with every parameter frozen, in ``dtype``
+    (default: the recipe's ``main_model.dtype``)."""
+    dtype = dtype or DTYPES[spec.dtype]
     if spec.tiny is not None:
         tokenizer = ByT5Tokenizer()
         model = tiny_t5(spec.tiny, vocab_size=len(tokenizer))
@@ -80,7 +82,7 @@ def load_main_model(spec: MainModel, device: torch.device | str = "cpu"):
         check_model_available(spec.name_or_path)
         try:  # a damaged folder fails in many ways (truncated weights, bad config, wrong shapes): one line each
             tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path)
-            model = AutoModelForSeq2SeqLM.from_pretrained(spec.name_or_path, dtype=DTYPES[spec.dtype])
+            model = AutoModelForSeq2SeqLM.from_pretrained(spec.name_or_path, dtype=dtype)
         except Exception as exc:  # noqa: BLE001 - whatever transformers raises for a file it cannot read
             if isinstance(exc, torch.OutOfMemoryError):
                 raise
@@ -89,7 +91,7 @@ def load_main_model(spec: MainModel, device: torch.device | str = "cpu"):
                                 f"{reason})") from None
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "block"):
         raise HypergenError(f"main_model: {type(model).__name__} is not a T5-family encoder-decoder model")
-    model = model.to(device=device, dtype=DTYPES[spec.dtype])
+    model = model.to(device=device, dtype=dtype)
     freeze(model)
     return model, tokenizer
 

@@ -1,23 +1,41 @@
-"""Optimizers (AdamW, or bitsandbytes' 8-bit Adam as in the paper) and the linear warmup/decay schedule."""
+"""Optimizers (AdamW, or bitsandbytes' 8-bit Adam as in the paper) and the linear warmup/decay schedule.
+
+A recipe that asks for ``adam8bit`` where bitsandbytes cannot be used fails at once (never silently AdamW); the
+optimizer that ran is recorded in the run folder (``run_info.json``, written by the trainer)."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+
+from ..errors import RecipeError
 
 
 def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
     params = [p for p in parameters if p.requires_grad]
     if cfg.optimizer == "adam8bit":
-        try:
-            import bitsandbytes as bnb
-
-            return bnb.optim.Adam8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        except Exception as exc:  # noqa: BLE001 - missing package or no usable backend
-            warnings.warn(f"training.optimizer: 8-bit Adam unavailable ({type(exc).__name__}: {exc}); "
-                          "falling back to AdamW (pip install bitsandbytes to use it)", stacklevel=2)
+        return _adam8bit(params, cfg)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def check_optimizer(cfg) -> None:
+    """Fail before anything is loaded when ``cfg.optimizer`` cannot be built here (RecipeError naming it)."""
+    make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+
+
+def _adam8bit(params, cfg) -> torch.optim.Optimizer:
+    try:
+        import bitsandbytes as bnb
+
+        return bnb.optim.Adam8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    except Exception as exc:  # noqa: BLE001 - missing package or no usable backend
+        raise RecipeError(f"training.optimizer: 'adam8bit' needs bitsandbytes, which cannot be used here "
+                          f"({type(exc).__name__}: {exc}); pip install bitsandbytes, or set training.optimizer to "
+                          "'adamw'") from None
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's class, e.g. ``bitsandbytes.optim.adam.Adam8bit`` or ``torch.optim.adamw.AdamW``."""
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):

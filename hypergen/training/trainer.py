@@ -22,7 +22,6 @@ engine. The loop is the same for both; :class:`.backends.base.Backend` lists wha
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import shutil
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from ..data.collate import Collator
 from ..data.sampling import TaskSampler
 from ..errors import HypergenError
+from ..io import atomic_write_json
 from .backends import make_backend
 from .backends.base import Method
 from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_latest_checkpoint,
@@ -160,8 +160,10 @@ class Trainer:
         smoothed: dict[str, float] = {}  # the progress bar's moving averages
         examples, started = 0, time.perf_counter()
         self.skipped_in_a_row = 0  # consecutive skipped updates (training.max_consecutive_skips)
+        if self.dist.is_main:  # what actually ran, next to the recipe that asked for it
+            atomic_write_json(self.run_dir / "run_info.json",
+                              {"optimizer": self.backend.optimizer_name, "backend": self.backend.name})
         while self.step < cfg.steps:
-            regularizer_states = [copy.deepcopy(r.state_dict()) for r in self.method.regularizers]
             parts, seen, problem = self._accumulate()
             try:
                 problem = self.backend.step(problem)  # the update, unless something was non-finite (then skipped)
@@ -169,9 +171,10 @@ class Trainer:
                 raise HypergenError(f"step {self.step + 1}: {exc}; stopped; nothing after step {self.step} was "
                                     "checkpointed") from None
             self.skipped_in_a_row = self.skipped_in_a_row + 1 if problem is not None else 0
+            for regularizer in self.method.regularizers:  # iteration t ends: its states become the previous ones,
+                regularizer.end_step(applied=problem is None)  # unless the update was skipped (then dropped)
             if problem is not None:
                 self._skipped(problem, bar)
-                self._load_regularizers(regularizer_states)  # this step's states never happened
                 parts = {"loss": None, "skipped": problem}
             else:
                 self._average_parts(parts)

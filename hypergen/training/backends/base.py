@@ -51,6 +51,8 @@ class Method(Protocol):
 class Backend(Protocol):
     """What the Trainer's loop and its checkpoints call (see the module docstring for one step)."""
 
+    name: str  # "torch" or "deepspeed": recorded in RUN/run_info.json
+    optimizer_name: str  # the optimizer class that actually runs (training.optimizer never silently changes)
     evaluate_on_every_rank: bool  # a periodic evaluation needs every process (ZeRO-3: partitioned weights)
 
     def forward(self) -> AbstractContextManager[Any]:

@@ -9,8 +9,8 @@ side is :mod:`.torch`). What the engine is given:
   them, the engine starts its backward bookkeeping from them) only in tensors, tuples, lists and dicts, and the
   hypernetwork returns a dataclass. While the method computes its loss (:meth:`DeepSpeedBackend.forward`) its
   ``module`` calls go through the engine and get the dataclass back;
-* hypergen's own optimizer as DeepSpeed's client optimizer: AdamW, or bitsandbytes' 8-bit Adam (with the same
-  fallback warning as without DeepSpeed); with ``offload_optimizer`` DeepSpeed's CPU Adam (the AdamW update) since
+* hypergen's own optimizer as DeepSpeed's client optimizer: AdamW, or bitsandbytes' 8-bit Adam (refused at once,
+  as without DeepSpeed, where bitsandbytes cannot be used); with ``offload_optimizer`` DeepSpeed's CPU Adam (the AdamW update) since
   ZeRO-Offload steps on the CPU, and 8-bit Adam is refused there (by the recipe's validation);
 * hypergen's linear schedule, stepped by the engine after each applied update (and here after a skipped one, so
   that the schedule counts every step, as without DeepSpeed);
@@ -64,7 +64,7 @@ from torch import nn
 from ...components.base import Generator
 from ...errors import HypergenError, RecipeError
 from ..distributed import Dist
-from ..optim import linear_schedule, make_optimizer
+from ..optim import linear_schedule, make_optimizer, optimizer_name
 from .base import Method
 
 ENGINE_DIR = "deepspeed"  # the engine's sub-folder of a checkpoint
@@ -131,12 +131,15 @@ class _HandledOutputs(logging.Filter):
 class DeepSpeedBackend:
     """The engine as the Trainer's :class:`~hypergen.training.backends.base.Backend`."""
 
+    name = "deepspeed"
+
     def __init__(self, method: Method, cfg, section, dist: Dist, accumulation: int) -> None:
         deepspeed = import_deepspeed()
         self.method, self.cfg, self.section, self.dist = method, cfg, section, dist
         self.accumulation = accumulation
         self.module: nn.Module = method.module
         optimizer = client_optimizer(self.module, cfg, section)
+        self.optimizer_name = optimizer_name(optimizer)
         self.scheduler = linear_schedule(optimizer, cfg.warmup_steps, cfg.steps)
         self.visible = _TensorsOut(self.module)
         config = engine_config(section, cfg, dist.world_size, accumulation)

@@ -13,18 +13,20 @@ import torch
 
 from ...errors import HypergenError
 from ..distributed import Dist
-from ..optim import linear_schedule, make_optimizer
+from ..optim import linear_schedule, make_optimizer, optimizer_name
 from .base import Method
 
 
 class TorchBackend:
     """The :class:`~hypergen.training.backends.base.Backend` of one process and of ``ddp``."""
 
+    name = "torch"
     evaluate_on_every_rank = False
 
     def __init__(self, method: Method, cfg, dist: Dist, accumulation: int) -> None:
         self.method, self.cfg, self.dist, self.accumulation = method, cfg, dist, accumulation
         self.optimizer = make_optimizer(method.module.parameters(), cfg)
+        self.optimizer_name = optimizer_name(self.optimizer)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
 
     def forward(self):

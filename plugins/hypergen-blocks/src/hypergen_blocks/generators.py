@@ -45,7 +45,7 @@ class BlockwiseGenerator(Generator):
         num_tasks = encoder_states.shape[0]
         num_layers = max(shape.num_encoder_layers, shape.num_decoder_layers)
         steps = math.ceil(num_layers / self.block_size)
-        step_input = self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1)  # T x 2b x d_h
+        step_input = decoder.dropout(self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1))  # T x 2b x d_h
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         outputs: list[torch.Tensor] = []
         attentions = None

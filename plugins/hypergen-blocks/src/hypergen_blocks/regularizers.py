@@ -8,7 +8,8 @@ an EMA of every past iteration's states::
 with m detached (no gradient flows into the average) and m^(1) = h^(1). Rows (tasks) are paired as in
 ``local_consistency``: row i with row i, comparing only the rows present on both sides. Rows present only in
 this iteration start their average; rows present only in the average keep it. A change of the states' per-task
-shape (S x d_h) restarts the average. The average is checkpointed, so a resumed run reproduces the next loss.
+shape (S x d_h) restarts the average. The average is checkpointed, so a resumed run reproduces the next loss; a
+skipped (non-finite) step leaves it as it was. Every call (micro-batch) updates the average.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ class EMAConsistency(Regularizer):
         self.alpha = alpha
         self.decay = decay
         self.ema: torch.Tensor | None = None
+        self._in_step, self._before_step = False, None  # the average before this step's first update
 
     def loss(self, states: torch.Tensor, step: int) -> torch.Tensor:
+        if not self._in_step:
+            self._in_step, self._before_step = True, self.ema
         current = states.detach()
         if self.ema is None or self.ema.shape[1:] != states.shape[1:]:
             self.ema = current.clone()
@@ -43,6 +47,12 @@ class EMAConsistency(Regularizer):
         updated = self.decay * ema[:rows] + (1.0 - self.decay) * current[:rows]
         self.ema = torch.cat([updated, ema[rows:], current[rows:]], dim=0)  # at most one of the tails is non-empty
         return value
+
+    def end_step(self, applied: bool) -> None:
+        """A skipped (non-finite) step's updates of the average are undone."""
+        if not applied and self._in_step:
+            self.ema = self._before_step
+        self._in_step, self._before_step = False, None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {} if self.ema is None else {"ema": self.ema.cpu()}
