@@ -69,7 +69,7 @@ def test_first_iteration_has_no_consistency_under_accumulation(tmp_path):
     recipe = embedded_recipe(tmp_path, steps=2)
     recipe["training"].update({"batch_size": 4, "micro_batch_size": 2})
     run = train(tmp_path, recipe, tmp_path / "run")
-    cst = [json.loads(x)["cst"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    cst = [json.loads(x)["local_consistency"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert cst[0] == 0.0 and cst[1] > 0.0
 
 

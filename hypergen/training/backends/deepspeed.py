@@ -132,6 +132,7 @@ class DeepSpeedBackend:
     """The engine as the Trainer's :class:`~hypergen.training.backends.base.Backend`."""
 
     name = "deepspeed"
+    optimizer_name = ""  # the client optimizer's class, set when the engine is built
 
     def __init__(self, method: Method, cfg, section, dist: Dist, accumulation: int) -> None:
         deepspeed = import_deepspeed()
