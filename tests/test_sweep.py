@@ -115,9 +115,18 @@ def test_sweep_picks_the_best_validation_run_tests_only_it_and_resumes(tmp_path)
         if name != names[1]:
             assert (out / name / "hypernetwork.safetensors").stat().st_mtime_ns == before[name]
     assert [json.loads(x)["step"] for x in (cut / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # the tiny runs all score about the same; give one a higher recorded validation score: the sweep picks it
+    best = out / names[2] / "validation" / "scores.json"
+    scores = json.loads(best.read_text())
+    scores["overall"]["rougeL"] = max(own.values()) + 10
+    best.write_text(json.dumps(scores))
+    picked = sweep(tmp_path, recipe_path, out, "--resume")
+    assert picked.exit_code == 0, picked.output
     again = json.loads((out / "sweep.json").read_text())
-    assert again["chosen"] == max(names, key=lambda n: json.loads(
-        (out / n / "validation" / "scores.json").read_text())["overall"]["rougeL"])
+    assert again["chosen"] == names[2] and again["runs"][2]["validation"]["rougeL"] == scores["overall"]["rougeL"]
+    assert (out / names[2] / "eval" / "scores.json").is_file()  # the newly chosen run is the one tested
+    assert json.loads((out / "test" / "scores.json").read_bytes()) == json.loads(
+        (out / names[2] / "eval" / "scores.json").read_bytes())
 
 
 @pytest.mark.parametrize("entry,message", [
