@@ -1,4 +1,4 @@
-"""The ``hypergen`` command line: train, finetune, eval, compare, adapt, predict, recipes, registry, plot."""
+"""The ``hypergen`` command line: train, finetune, sweep, eval, compare, adapt, predict, recipes, registry, plot."""
 
 from __future__ import annotations
 
@@ -99,6 +99,28 @@ def _print_final(run_dir: Path, no_eval: bool) -> None:
     if not no_eval and scores.is_file():
         click.echo(format_scores(read_json(scores, "scores file")))
     click.echo(f"run written to {run_dir}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--grid", "grid", multiple=True, required=True, metavar="KEY.PATH=V1,V2,...",
+              help="Values of a recipe field to sweep (parsed as JSON, like --set); repeat for a cartesian product.")
+@_set_option
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Sweep folder: a run folder per grid point, sweep.md, sweep.json, test/ (default: runs/<recipe "
+                   "name>-sweep).")
+@click.option("--resume", is_flag=True, help="Continue a sweep: read back finished runs, resume interrupted ones.")
+@click.option("--overwrite", is_flag=True, help="Retrain every grid point's run folder.")
+@click.option("--no-eval", is_flag=True, help="Pick the best run but do not evaluate it on the test tasks.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) -> None:
+    """Train RECIPE once per grid point, pick the best by validation ROUGE-L (P3: accuracy), test only that one."""
+    from .sweep import format_table, plan_sweep, run_sweep
+
+    plan = plan_sweep(recipe, list(grid), output or Path("runs") / f"{Path(recipe).stem}-sweep", list(overrides))
+    result = run_sweep(plan, resume, overwrite, not quiet, not no_eval, log=lambda m: click.echo(m, err=True))
+    click.echo(format_table(result), nl=False)
+    click.echo(f"sweep written to {plan.output / 'sweep.md'}")
 
 
 @main.command("eval")

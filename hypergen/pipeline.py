@@ -18,7 +18,7 @@ from .models.main import check_model_available
 from .io import atomic_write_json, atomic_write_text
 from .recipe import load_recipe
 from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
-                   save_final)
+                   save_final, training_and_validation)
 from .training.activation_recompute import enable_gradient_checkpointing
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.optim import check_optimizer
@@ -52,7 +52,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         if recipe.main_model.name_or_path:
             check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
         with dist.main_first():  # rank 0 writes any data cache (embedded tasks) before the others read it
-            train_tasks = load_tasks(recipe, "train")
+            train_tasks, validation_tasks = training_and_validation(recipe)  # validation: never sampled
             test_tasks = load_tasks(recipe, "test")
         random.seed(recipe.training.seed)
         torch.manual_seed(recipe.training.seed)
@@ -73,9 +73,10 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
     cfg = recipe.training
 
     def periodic_eval() -> dict[str, Any]:
-        scores, _ = evaluate(assembled.method, test_tasks[: cfg.eval_tasks], assembled.collator, assembled.device,
-                             cfg.eval_instances, recipe.evaluation.batch_size, progress=False)
-        return scores
+        """The first ``eval_tasks`` validation tasks (never test tasks); the record names the split."""
+        scores, _ = evaluate(assembled.method, validation_tasks[: cfg.eval_tasks], assembled.collator,
+                             assembled.device, cfg.eval_instances, recipe.evaluation.batch_size, progress=False)
+        return {"overall": {"split": "validation", **scores["overall"]}}
 
     precision = recipe.distributed.precision if recipe.distributed else "fp32"
     trainer = Trainer(assembled.method, sampler, assembled.collator, cfg, run_dir, assembled.device,
@@ -126,12 +127,15 @@ def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, prog
 
 def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None = None,
                  max_instances: int | None = None, progress: bool = True, other_demos: bool = False,
-                 device: torch.device | None = None) -> dict[str, Any]:
-    """Evaluate a trained run on its held-out tasks into ``RUN/eval/``; with ``other_demos`` (the demos control)
-    every task is given another task's demos instead of its own, into ``RUN/eval-other-demos/``."""
+                 device: torch.device | None = None, split: str = "test") -> dict[str, Any]:
+    """Evaluate a trained run on its held-out test tasks into ``RUN/eval/``, or (``split="validation"``) on its
+    validation tasks into ``RUN/validation/``; with ``other_demos`` (the demos control) every test task is given
+    another task's demos instead of its own, into ``RUN/eval-other-demos/``."""
     run = Path(run_dir)
     recipe = read_run(run)
-    tasks = load_tasks(recipe, "test", data_path=data, split_file=split_file)
+    if other_demos and split != "test":
+        raise HypergenError("--other-demos: the demos control evaluates the test tasks only")
+    tasks = load_tasks(recipe, split, data_path=data, split_file=split_file)
     if other_demos:
         if recipe.data.source == "p3":
             raise HypergenError("--other-demos: not available for P3 runs (their held-out demos are drawn per subset)")
@@ -140,10 +144,11 @@ def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None =
         tasks = with_demos_of_other_tasks(tasks)
     assembled = load_final(run, device)
     return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress,
-                              out_name=OTHER_DEMOS_DIR if other_demos else "eval")
+                              out_name=OTHER_DEMOS_DIR if other_demos else SPLIT_DIRS[split])
 
 
 OTHER_DEMOS_DIR = "eval-other-demos"
+SPLIT_DIRS = {"test": "eval", "validation": "validation"}  # where evaluate_run writes each split's scores
 
 
 def format_scores(scores: dict[str, Any], per_task: bool = True) -> str:

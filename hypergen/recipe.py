@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HypergenError, RecipeError
 from .io import read_json
@@ -95,6 +95,20 @@ class Data(Strict):
     p3_train_datasets: list[str] | None = Field(None, description="P3 subset-name prefixes to train on (T0's)")
     p3_eval_datasets: list[str] | None = Field(None, description="P3 prefixes to evaluate on (T0's held-out)")
     p3_max_avg_input_tokens: float | None = Field(320, gt=0, description="drop training subsets longer on average")
+    validation_tasks: float | list[str] | None = Field(
+        None, description="the validation split, held back from the training tasks (never test tasks) and never "
+        "sampled in training: a fraction of them (drawn with validation_seed) or their names; periodic evaluation "
+        "and `hypergen sweep` score it")
+    validation_seed: int = Field(0, description="seed of the draw of a validation_tasks fraction")
+
+    @field_validator("validation_tasks")
+    @classmethod
+    def _validation_share(cls, value: float | list[str] | None) -> float | list[str] | None:
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError("expected a fraction between 0 and 1 (exclusive) or a list of task names")
+        if isinstance(value, list) and not value:
+            raise ValueError("expected a fraction between 0 and 1 (exclusive) or a non-empty list of task names")
+        return value
 
     @model_validator(mode="after")
     def _path_for_sni(self) -> "Data":
@@ -174,7 +188,7 @@ class Training(Strict):
     seed: int = 42
     log_every: int = Field(10, ge=1)
     eval_every: int | None = Field(None, ge=1)
-    eval_tasks: int = Field(4, ge=1, description="held-out tasks in periodic evaluation")
+    eval_tasks: int = Field(4, ge=1, description="validation tasks in periodic evaluation")
     eval_instances: int = Field(16, ge=1, description="instances per task in periodic evaluation")
     checkpoint_every: int | None = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -301,9 +315,14 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
     check_plain_json(data, where)
     model = FinetuneRecipe if data.get("kind") == "finetune" else HypernetRecipe
     try:
-        return model.model_validate(data)
+        recipe = model.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(format_validation_error(exc, where)) from None
+    if recipe.training.eval_every and recipe.data.validation_tasks is None:
+        raise RecipeError(f"{where}: training.eval_every: periodic evaluation scores the validation split, never the "
+                          "test tasks; set data.validation_tasks (a fraction of the training tasks or their names) "
+                          "or remove eval_every")
+    return recipe
 
 
 def read_recipe_dict(path: str | Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import torch
 from .components.build import make_component
 from .data.collate import Collator
 from .data.p3 import T0_HELD_OUT, T0_TRAIN_DATASETS, load_p3
+from .data.splits import as_evaluation_task, hold_out_validation
 from .data.synthetic import ensure_embedded_tasks
 from .data.tasks import Task, load_task_folder
 from .errors import HypergenError, RecipeError
@@ -59,7 +60,39 @@ def data_folder(recipe: Recipe) -> Path:
 
 def load_tasks(recipe: Recipe, split: str, data_path: str | None = None, split_file: str | None = None,
                tokenizer=None) -> list[Task]:
-    """The recipe's ``split`` ("train" or "test") tasks: S-NI or embedded task folders, or P3 subsets."""
+    """The recipe's ``split`` tasks: "train" (the training split less the validation tasks), "validation" (held back
+    from the training split by ``data.validation_tasks``, see :mod:`.data.splits`) or "test"; S-NI or embedded task
+    folders, or P3 subsets. ``split_file`` replaces the test split's file list."""
+    if split == "test":
+        return _load_split(recipe, "test", data_path, split_file, tokenizer)
+    train, validation = training_and_validation(recipe, data_path, tokenizer)
+    if split == "train":
+        return train
+    if not validation:
+        raise HypergenError("data.validation_tasks: not set; the recipe has no validation split (set a fraction of "
+                            "the training tasks or their names)")
+    return validation
+
+
+def training_and_validation(recipe: Recipe, data_path: str | None = None,
+                            tokenizer=None) -> tuple[list[Task], list[Task]]:
+    """(tasks to train on, validation tasks): the training split, less and then only ``data.validation_tasks``
+    (no validation tasks when it is not set). P3 validation subsets get fixed demos, and must have answer choices."""
+    tasks = _load_split(recipe, "train", data_path, None, tokenizer)
+    setting, p3 = recipe.data.validation_tasks, recipe.data.source == "p3"
+    if setting is None:
+        return tasks, []
+    test_names: set[str] = set()
+    if isinstance(setting, list) and not set(setting) <= {t.name for t in tasks}:  # say which are test tasks
+        test_names = {t.name for t in _load_split(recipe, "test", data_path, None, tokenizer)}
+    eligible = {t.name for t in tasks if all(e.choices for e in t.instances)} if p3 else None
+    train, validation = hold_out_validation(tasks, setting, recipe.data.validation_seed, test_names, eligible)
+    if p3:
+        validation = [as_evaluation_task(t, recipe.data.num_positive) for t in validation]
+    return train, validation
+
+
+def _load_split(recipe: Recipe, split: str, data_path: str | None, split_file: str | None, tokenizer) -> list[Task]:
     if recipe.data.source == "p3":
         return load_p3_tasks(recipe, split, data_path, tokenizer)
     folder = Path(data_path) if data_path else data_folder(recipe)

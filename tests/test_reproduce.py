@@ -19,7 +19,7 @@ from hypergen.data.tasks import Example, Task, with_demos_of_other_tasks
 from hypergen.recipe import Data, parse_recipe
 from hypergen.reproduce import plan
 from hypergen.reproduce.plan import METHODS, Scale, StudyConfig, main_recipe, method_recipe
-from hypergen.reproduce.report import control_table, findings, mean_sd, table2
+from hypergen.reproduce.report import alpha_table, control_table, findings, mean_sd, table2
 
 from test_training import embedded_recipe, train
 
@@ -166,3 +166,46 @@ def test_study_runs_every_kind_of_method_reports_and_reads_back(tmp_path):
     assert " steps -> " not in again.stderr and "Table 2 analogue" in report.read_text()
     bad = subprocess.run(args[:-1] + ["hart,bogus"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "--methods: unknown bogus" in bad.stderr
+
+
+def test_alpha_grid_holds_back_one_validation_split_for_every_method(tmp_path):
+    cfg = StudyConfig(data=[("embedded", None)], alpha_grid=(1.0, 5.0))
+    sections = [main_recipe(cfg, "embedded", None)["data"]] + [
+        method_recipe(cfg, m, "embedded", None, tmp_path, 0)["data"] for m in METHODS.values() if m.kind != "per_task"]
+    assert all(s["validation_tasks"] == plan.VALIDATION_FRACTION["embedded"] for s in sections)
+    assert "validation_tasks" not in main_recipe(StudyConfig(data=[("embedded", None)]), "embedded", None)["data"]
+    assert plan.alpha_grid_entry((1.0, 5.0, 10.0, 20.0)) == "hypernetwork.regularizers.0.alpha=1,5,10,20"
+    runs = {"hart": {"0": {"alpha": 5.0, "overall": {"rougeL": 40.0}, "alpha_sweep": {
+        "1": {"rougeL": 10.0}, "5": {"rougeL": 12.5}}}}, "hypertuning": {"0": {"overall": {"rougeL": 1.0}}}}
+    assert alpha_table(runs)[2] == "| HART | 0 | 10.00 | 12.50 | 5 | 40.00 |"
+    assert alpha_table({"hypertuning": runs["hypertuning"]}) == []
+
+
+def test_study_sweeps_alpha_on_validation_and_tests_the_chosen_run(tmp_path):
+    script = REPO / "benchmarks" / "reproduce.py"
+    micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
+             f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
+             "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
+             "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
+             "hyper_lr=1e-3, main_lr=1e-3); "
+             "plan.PROFILES['quick']['embedded'] = plan.Steps(main=2, train=2, finetune=2, per_task=2, "
+             "eval_instances=1); plan.VALIDATION_FRACTION['embedded'] = 0.002; "
+             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    out, report = tmp_path / "runs", tmp_path / "report" / "study.md"
+    args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
+            "--report", str(report), "--methods", "hart", "--alpha-grid", "1,5"]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    hart = json.loads((out / "tiny-quick" / "results.json").read_text())["runs"]["embedded"]["hart"]["0"]
+    sweep_dir = out / "tiny-quick" / "embedded" / "hart-s0"
+    recorded = {a: json.loads((sweep_dir / f"alpha={a}" / "validation" / "scores.json").read_text())["overall"]
+                for a in ("1", "5")}
+    assert hart["alpha_sweep"] == recorded
+    assert hart["alpha"] == float(max(recorded, key=lambda a: recorded[a]["rougeL"]))
+    assert hart["run"] == str(sweep_dir / f"alpha={hart['alpha']:g}")
+    assert hart["overall"] == json.loads((Path(hart["run"]) / "eval" / "scores.json").read_text())["overall"]
+    assert "alpha, chosen on the validation split" in report.read_text()
+    second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert second.returncode == 0 and " steps -> " not in second.stderr and "training alpha" not in second.stderr
+    both = subprocess.run(args + ["--alpha", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert both.returncode == 2 and "--alpha-grid: give --alpha" in both.stderr

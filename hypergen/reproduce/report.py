@@ -56,6 +56,23 @@ def table5(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def alpha_table(runs: dict[str, Any]) -> list[str]:
+    """Per method with local consistency and seed: validation ROUGE-L at each swept alpha, the chosen alpha and the
+    chosen run's test ROUGE-L; empty when alpha was not swept."""
+    swept = [(key, seed, entry) for key, seeds in runs.items() for seed, entry in sorted(seeds.items())
+             if "alpha_sweep" in entry]
+    if not swept:
+        return []
+    alphas = list(swept[0][2]["alpha_sweep"])
+    lines = ["| method | seed | " + " | ".join(f"val. ROUGE-L, alpha={a}" for a in alphas)
+             + " | chosen alpha | test ROUGE-L |", "|---|---:|" + "---:|" * len(alphas) + "---:|---:|"]
+    for key, seed, entry in swept:
+        cells = [f"{entry['alpha_sweep'][a]['rougeL']:.2f}" if a in entry["alpha_sweep"] else "—" for a in alphas]
+        lines.append(f"| {METHODS[key].label} | {seed} | " + " | ".join(cells)
+                     + f" | {entry['alpha']:g} | {entry['overall']['rougeL']:.2f} |")
+    return lines
+
+
 def control_table(runs: dict[str, Any]) -> list[str]:
     lines = ["| method | ROUGE-L, own demos | ROUGE-L, another task's demos | drop | EM, own | EM, other |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -168,6 +185,9 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
     for label, runs in results["runs"].items():
         lines += [f"## {label}", "", "### Table 2 analogue: methods", ""] + table2(runs)
         lines += ["", "### Table 5 analogue: ablation", ""] + table5(runs)
+        if alpha_table(runs):
+            lines += ["", "### alpha, chosen on the validation split (training tasks held back, never test tasks)",
+                      ""] + alpha_table(runs)
         lines += ["", "### Control: another task's demos", "",
                   "Each held-out task evaluated with the demos of another held-out task (its neighbour in the "
                   "list). A method that adapts to the demos should drop.", ""] + control_table(runs)

@@ -1,10 +1,11 @@
 """Run the reproduction study: every method on every data source and seed, each run a normal run folder.
 
-Layout under ``OUT/<scale>-<profile>/``: ``<data>/main`` (M0), ``<data>/<method>-s<seed>`` (a run folder per method
-and seed: recipe.json, metrics.jsonl, eval/, and for the demos control eval-other-demos/), ``<data>/recipes/`` (the
-recipe files trained) and ``results.json`` (every score so far, rewritten atomically after each run). A study
-that was stopped continues where it stopped when started again with the same settings: finished runs are read
-back, an interrupted one resumes from its last checkpoint.
+Layout under ``OUT/<scale>-<profile>/``: ``<data>/main`` (M0), ``<data>/<method>-s<seed>`` (a run folder per
+method and seed: recipe.json, metrics.jsonl, eval/, and for the demos control eval-other-demos/; with an alpha grid,
+the methods with local consistency get a sweep folder instead: ``alpha=<a>/`` run folders, sweep.md, sweep.json,
+the chosen run tested), ``<data>/recipes/`` (the recipe files trained) and ``results.json`` (every score so far,
+rewritten atomically after each run). A study that was stopped continues where it stopped when started again with
+the same settings: finished runs are read back, an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from ..errors import HypergenError
 from ..io import atomic_write_json, atomic_write_text
 from ..recipe import parse_recipe
 from ..runs import resolve_device
-from .plan import CONTROL, METHODS, Method, StudyConfig, data_label, main_recipe, method_recipe, max_new_tokens, \
-    SCALES
+from .plan import CONTROL, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, main_recipe, method_recipe, \
+    max_new_tokens, SCALES
 
 
 class Study:
@@ -44,7 +45,8 @@ class Study:
                 "command": cfg.command,
                 "steps": {data_label(*d): cfg.steps_for(d[0]).__dict__ for d in cfg.data},
                 "scale_settings": SCALES[cfg.scale].__dict__,
-                **({"alpha": cfg.alpha} if cfg.alpha is not None else {})}
+                **({"alpha": cfg.alpha} if cfg.alpha is not None else {}),
+                **({"alpha_grid": list(cfg.alpha_grid)} if cfg.alpha_grid else {})}
 
     # -------------------------------------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
@@ -66,7 +68,10 @@ class Study:
                         self._per_task(label, method, seed, source, folder, main_dir / "model")
                         continue
                     recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed)
-                    run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
+                    if method.consistency and self.cfg.alpha_grid:
+                        run_dir = self._swept(label, key, seed, recipe, folder / f"{key}-s{seed}")
+                    else:
+                        run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
                     if key in CONTROL:
                         self._control(label, key, seed, run_dir)
         self._save()
@@ -120,6 +125,29 @@ class Study:
         self.log(f"  {_scores_line(entry['overall'])}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""))
         self._save()
         return run_dir
+
+    def _swept(self, label: str, key: str, seed: int, recipe: dict[str, Any], folder: Path) -> Path:
+        """``hypergen sweep`` of alpha over ``cfg.alpha_grid`` into ``folder`` (a run per alpha, chosen on the
+        validation split, only the chosen run tested); returns the chosen run."""
+        from ..sweep import plan_sweep, run_sweep
+
+        recipe_file = folder.parent / "recipes" / f"{folder.name}.json"
+        atomic_write_text(recipe_file, json.dumps(recipe, indent=2) + "\n")
+        plan = plan_sweep(str(recipe_file), [alpha_grid_entry(self.cfg.alpha_grid)], folder, [])
+        self.log(f"{label} {key} s{seed}: sweeping alpha over {', '.join(f'{a:g}' for a in self.cfg.alpha_grid)} "
+                 f"-> {folder}")
+        started = time.perf_counter()
+        result = run_sweep(plan, resume=True, overwrite=self.fresh, progress=False,
+                           log=lambda message: self.log(f"  {message}"))
+        entry = self._entry(label, key, seed)
+        entry["wall_s"] = entry.get("wall_s", 0.0) + time.perf_counter() - started
+        entry["run"], entry["overall"] = result["chosen_run"], result["test"]
+        entry["alpha"] = float(next(iter(result["chosen_values"].values())))
+        swept = next(iter(result["grid"]))
+        entry["alpha_sweep"] = {row["values"][swept]: row["validation"] for row in result["runs"]}
+        self.log(f"  chosen alpha {entry['alpha']:g}; test {_scores_line(entry['overall'])}")
+        self._save()
+        return Path(result["chosen_run"])
 
     def _control(self, label: str, key: str, seed: int, run_dir: Path) -> None:
         """The demos control: the same run evaluated with every held-out task given another task's demos."""
