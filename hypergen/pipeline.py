@@ -19,6 +19,7 @@ from .io import atomic_write_json, atomic_write_text
 from .recipe import apply_overrides, parse_recipe, read_recipe_dict
 from .runs import assemble, load_final, load_tasks, prepare_run_dir, read_run, resolve_device, save_final
 from .training.checkpointing import enable_gradient_checkpointing
+from .training.loggers import Loggers
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.trainer import Trainer
 
@@ -54,6 +55,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         assembled = assemble(recipe, device)
         switches = recipe.training.checkpointing
         enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
+        Loggers(recipe.training.loggers)  # an unknown logger or a missing package fails before the run folder
     with dist.main_first():
         if dist.is_main:
             prepare_run_dir(run_dir, resolved, resume, overwrite)

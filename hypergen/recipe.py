@@ -171,6 +171,10 @@ class Training(Strict):
     on_nonfinite: Literal["skip", "stop"] = Field(
         "skip", description="a NaN/infinite loss or gradient: skip that update (the step still counts) or stop "
         "with an error naming the step; either way it never reaches the weights or a checkpoint")
+    loggers: list[ComponentSpec] = Field(
+        default_factory=list, description="where logged metrics go besides RUN/metrics.jsonl (always written): "
+        "registered metric loggers, e.g. [{\"name\": \"tensorboard\"}] or [{\"name\": \"wandb\", \"project\": "
+        "\"hart\"}]")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":

@@ -44,7 +44,8 @@ from ..io import atomic_write_text
 from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, load_latest_checkpoint,
                          remove_partial_checkpoints, temporary_checkpoint_dir)
 from .distributed import SINGLE, Dist, accumulation_steps, collective_device
-from .faults import fault_requested, maybe_kill
+from .faults import maybe_kill
+from .loggers import Loggers
 from .optim import linear_schedule, make_optimizer
 
 
@@ -75,6 +76,7 @@ class Trainer:
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
         self.step = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.loggers = Loggers(cfg.loggers)  # metrics.jsonl plus the recipe's training.loggers (rank 0 logs)
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -180,6 +182,8 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         window: dict[str, float] = {}
         examples, started = 0, time.perf_counter()
+        if self.dist.is_main:
+            self.loggers.open(self.run_dir, self.step)
         while self.step < cfg.steps:
             self.method.train()
             self.backend.zero_grad()
@@ -225,11 +229,13 @@ class Trainer:
                 bar.write(f"step {self.step}: eval {record['eval']}")
             history.append(record)
             if self.dist.is_main and (self.step % cfg.log_every == 0 or "eval" in record or self.step == cfg.steps):
-                self._log(record)
+                self.loggers.log(record)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
         bar.close()
+        if self.dist.is_main:
+            self.loggers.close()
         self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
 
@@ -244,18 +250,6 @@ class Trainer:
         values = torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64, device=collective_device())
         self.dist.all_reduce_mean_([values])
         parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
-
-    def _log(self, record: dict[str, Any]) -> None:
-        """Append one line with one write and a flush, so a kill leaves at most one partial last line."""
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record) + "\n"
-        with open(self.metrics_path, "a") as handle:
-            if fault_requested("during_log", self.step):  # testing hook: die halfway through the line
-                handle.write(line[: len(line) // 2])
-                handle.flush()
-                maybe_kill("during_log", self.step)
-            handle.write(line)
-            handle.flush()
 
 
 class TorchBackend:
