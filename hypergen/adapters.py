@@ -37,8 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,9 +48,10 @@ from torch import nn
 
 from .components.targets.lora import ATTENTIONS, LoraTarget, module_path
 from .components.targets.prefix import PrefixTarget
-from .data.tasks import Example, Task
+from .data.demos import task_from_demos
+from .data.tasks import Task
 from .errors import HypergenError
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .io import atomic_folder, atomic_save_tensors, atomic_write_json, atomic_write_text
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
 
@@ -396,23 +395,8 @@ def read_demos_file(path: str | Path) -> Task:
     """A task from a JSONL demos file: at most one ``{"definition": ...}`` line and ``{"input", "output"}`` pairs
     (``output`` a string or a list of strings). The pairs become the task's positive examples."""
     path = Path(path)
-    definition, pairs = None, []
-    for number, item in read_jsonl(path, "demos file"):
-        if isinstance(item, dict) and set(item) == {"definition"} and isinstance(item["definition"], str):
-            if definition is not None:
-                raise HypergenError(f"{path}: line {number} is a second definition; at most one is allowed")
-            definition = item["definition"]
-            continue
-        output = item.get("output") if isinstance(item, dict) else None
-        outputs = [output] if isinstance(output, str) else output
-        if (not isinstance(item, dict) or set(item) != {"input", "output"} or not isinstance(item["input"], str)
-                or not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs)):
-            raise HypergenError(f"{path}: line {number}: expected {{\"definition\": text}} or "
-                                "{\"input\": text, \"output\": text}")
-        pairs.append(Example(item["input"], tuple(outputs)))
-    if not pairs:
-        raise HypergenError(f"{path}: no demonstration pairs; expected lines {{\"input\": ..., \"output\": ...}}")
-    return Task(name=path.stem, definition=definition or "", positives=pairs, instances=[], source=str(path))
+    lines = ((f"line {number}", item) for number, item in read_jsonl(path, "demos file"))
+    return task_from_demos(lines, str(path), path.stem)
 
 
 def demos_digest(text: str) -> str:
@@ -431,16 +415,20 @@ def generate_task_parameters(assembled, task: Task) -> tuple[TaskParameters, str
 
 
 def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, parameters: TaskParameters | None = None) -> Path:
     """Generate ``task``'s parameters with a loaded run and write them to ``out`` atomically (a temporary folder
-    beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``."""
+    beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``. ``parameters``: the
+    task's parameters (a batch of one) when they were already generated, instead of a new pass."""
     from .models.main import save_main_model
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise HypergenError(f"--out: {out} already exists; pass --overwrite or choose another folder")
     recipe, method = assembled.recipe, assembled.method
-    task_params, text = generate_task_parameters(assembled, task)
+    if parameters is None:
+        task_params, text = generate_task_parameters(assembled, task)
+    else:
+        task_params, text = parameters, assembled.collator.demos(task)
     params = {k: v[0] for k, v in task_params.params.items()}
     fusion = (task_params.encoder_states[0], task_params.encoder_mask[0]) if method.fusion else None
     final = out.resolve()
@@ -453,22 +441,10 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
                 "max_new_tokens": recipe.evaluation.max_new_tokens, "num_beams": recipe.evaluation.num_beams,
                 "dtype": recipe.main_model.dtype, "run": str(Path(run_dir).resolve()) if run_dir else None,
                 "task": task.name, "demos_sha256": demos_digest(text), "peft": recipe.peft.model_dump()}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(final) as tmp:
         write_adapter(tmp, method.target, params, method.main_model, base, fusion, settings)
         if recipe.main_model.tiny is not None:
             save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-            final.rename(old / "adapter")
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
