@@ -44,6 +44,17 @@ def _unreachable(what: str) -> str:
     return f"{what}: cannot reach the Hugging Face Hub ({reason})"
 
 
+def require_hub(what: str, consequence: str) -> None:
+    """Raise one line (``what``: cannot reach the hub (why); ``consequence``) unless the hub is reachable."""
+    if not hub_reachable():
+        raise HypergenError(f"{_unreachable(what)}; {consequence}")
+
+
+def check_repo_id(repo_id: str, what: str) -> None:
+    if not isinstance(repo_id, str) or not looks_like_repo_id(repo_id):
+        raise HypergenError(f"{what}: {repo_id!r} is not a repo id; expected 'owner/name'")
+
+
 def snapshot(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
              token: str | bool | None = None, where: str = "from_pretrained") -> Path:
     """The local folder of ``repo_id`` at ``revision`` (default: main): from the cache when it is there, else
@@ -75,11 +86,9 @@ def upload_folder(folder: Path, repo_id: str, private: bool | None = None, token
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if not looks_like_repo_id(repo_id):
-        raise HypergenError(f"push_to_hub: {repo_id!r} is not a repo id; expected 'owner/name'")
-    if not hub_reachable():
-        raise HypergenError(f"{_unreachable('push_to_hub')}; nothing was uploaded (save_pretrained writes the same "
-                            "folder locally; upload it later with huggingface-cli upload)")
+    check_repo_id(repo_id, "push_to_hub")
+    require_hub("push_to_hub", "nothing was uploaded (save_pretrained writes the same folder locally; upload it "
+                "later with huggingface-cli upload)")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import HypergenError
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to a temporary file beside ``path`` and rename it into place."""
@@ -60,6 +62,20 @@ def atomic_folder(final: Path) -> Iterator[Path]:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object; a missing file, bad JSON or another type is a one-line HypergenError."""
+    path = Path(path)
+    if not path.is_file():
+        raise HypergenError(f"{path}: not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HypergenError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HypergenError(f"{path}: expected a JSON object")
+    return data
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
