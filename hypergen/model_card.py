@@ -69,7 +69,7 @@ def model_card(recipe: dict[str, Any], name: str, main_model: str, evaluation: d
 
 # {name}
 
-A [hypergen](https://github.com/) hypernetwork: **{method}**. Given a few demonstrations of a task it generates
+A hypergen hypernetwork: **{method}**. Given a few demonstrations of a task it generates
 PEFT parameters ({peft}) for a frozen language model in one forward pass, instead of a fine-tuning run. This folder
 holds the hypernetwork's weights (`hypernetwork.safetensors`), `hypergen_config.json`, the resolved training
 recipe (`recipe.json`), the tokenizer, and {source}.
