@@ -30,8 +30,6 @@ no ``hypergen_adapter.json`` at all: predict then uses default settings and no f
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +40,8 @@ from torch import nn
 from .components.base import ADAPTER_CONFIG, PEFTTarget
 from .data.tasks import Task
 from .errors import HypergenError, UnknownComponentError
-from .folders import FolderKind, install_folder, prepare_output_dir
-from .io import atomic_save_tensors, atomic_write_json, read_json, read_safetensors, share_like_open, writing
+from .folders import FolderKind, prepare_output_dir, staged_folder
+from .io import atomic_save_tensors, atomic_write_json, read_json, read_safetensors
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
 from .registry import registry
@@ -247,14 +245,18 @@ def generate_task_parameters(assembled, task: Task) -> tuple[TaskParameters, str
 
 
 def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, parameters: TaskParameters | None = None) -> Path:
     """Generate ``task``'s parameters with a loaded run and write them to ``out`` atomically (a temporary folder
-    beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``."""
+    beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``. ``parameters``: the
+    task's parameters (a batch of one) when they were already generated, instead of a new pass."""
     from .models.main import save_main_model
 
     out = prepare_output_dir(Path(out), ADAPTER_FOLDER, overwrite, "--out")
     recipe, method = assembled.recipe, assembled.method
-    task_params, text = generate_task_parameters(assembled, task)
+    if parameters is None:
+        task_params, text = generate_task_parameters(assembled, task)
+    else:
+        task_params, text = parameters, assembled.collator.demos(task)
     params = {k: v[0] for k, v in task_params.params.items()}
     fusion = (task_params.encoder_states[0], task_params.encoder_mask[0]) if method.fusion else None
     final = out.resolve()
@@ -267,16 +269,8 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
                 "max_new_tokens": recipe.evaluation.max_new_tokens, "num_beams": recipe.evaluation.num_beams,
                 "dtype": recipe.main_model.dtype, "run": str(Path(run_dir).resolve()) if run_dir else None,
                 "task": task.name, "demos_sha256": demos_digest(text), "peft": recipe.peft.model_dump()}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    share_like_open(tmp, directory=True)  # mkdtemp makes it 0o700; the adapter folder gets the umask's mode
-    try:
+    with staged_folder(final, ADAPTER_FOLDER) as tmp:
         write_adapter(tmp, method.target, params, method.main_model, base, fusion, settings)
         if recipe.main_model.tiny is not None:
-            with writing(tmp / BASE_MODEL_DIR):
-                save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
-        install_folder(tmp, final, ADAPTER_FOLDER)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            save_main_model(method.main_model, assembled.tokenizer, tmp / BASE_MODEL_DIR)
     return out

@@ -52,7 +52,7 @@ _code_option = click.option("--code", type=click.Path(dir_okay=False), callback=
 def _training_command(function):
     """The arguments and options ``train`` and ``finetune`` share."""
     for decorator in reversed([
-        click.argument("recipe", type=click.Path(dir_okay=False)),
+        click.argument("recipe", metavar="RECIPE"),
         _set_option,
         _code_option,
         click.option("--output", "-o", type=click.Path(file_okay=False),
@@ -71,8 +71,12 @@ def _training_command(function):
 
 @_training_command
 def train(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
-    """Train the hypernetwork RECIPE describes and evaluate it on the held-out tasks."""
+    """Train the hypernetwork RECIPE (a file, or a built-in recipe's name) describes and evaluate it on the
+    held-out tasks."""
+    from .builtin_recipes import resolve_recipe
     from .pipeline import train as run_train
+
+    recipe = resolve_recipe(recipe)
 
     run_dir = run_train(recipe, output, list(overrides), resume, overwrite, not quiet, not no_eval)
     _print_final(run_dir, no_eval)
@@ -81,9 +85,11 @@ def train(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
 @_training_command
 def finetune(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Multi-task fine-tune a main model (FT-Zero-Shot / FT-Few-Shot); saves RUN/model as a Hugging Face folder."""
+    from .builtin_recipes import resolve_recipe
     from .pipeline import train as run_train
     from .recipe import read_recipe_dict
 
+    recipe = resolve_recipe(recipe)
     if read_recipe_dict(recipe).get("kind") != "finetune":
         raise HypergenError(f"{recipe}: kind: expected 'finetune' for `hypergen finetune` (use `hypergen train`)")
     run_dir = run_train(recipe, output, list(overrides), resume, overwrite, not quiet, not no_eval)
@@ -251,19 +257,52 @@ def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, ba
 
 @main.group()
 def recipes() -> None:
-    """Validate recipes and print their JSON schema."""
+    """List, copy and validate recipes; print their JSON schema."""
+
+
+@recipes.command("list")
+def recipes_list() -> None:
+    """The built-in recipes (shipped inside the package): name, method, main model, description."""
+    from .builtin_recipes import summaries
+
+    rows = summaries()
+    width = max(len(r.name) for r in rows)
+    method_width = max(len(r.method) for r in rows)
+    model_width = max(len(r.main_model) for r in rows)
+    for r in rows:
+        click.echo(f"{r.name:<{width}}  {r.method:<{method_width}}  {r.main_model:<{model_width}}  {r.description}")
+
+
+@recipes.command("copy")
+@click.argument("name")
+@click.argument("dest", type=click.Path())
+@click.option("--overwrite", is_flag=True, help="Replace an existing DEST file.")
+def recipes_copy(name, dest, overwrite) -> None:
+    """Copy the built-in recipe NAME to DEST (a file, or a folder: DEST/NAME.json), unchanged, to edit it.
+
+    Relative paths in it (data.path, a main model folder) stay as they are: like those of every recipe they are
+    resolved against the folder `hypergen train` runs in, not the recipe's folder."""
+    from .builtin_recipes import copy_recipe
+
+    target, relative = copy_recipe(name, dest, overwrite)
+    click.echo(f"{name} copied to {target}")
+    for key, value in relative:
+        click.echo(f"note: {key} is the relative path {value!r}: resolved against the folder you run "
+                   "`hypergen train` in (set it with --set or edit the copy)")
 
 
 @recipes.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True)
 @_set_option
 @_code_option
 def recipes_validate(files, overrides) -> None:
-    """Check FILES against the recipe schema and the registries (component names and parameters)."""
+    """Check FILES (paths or built-in recipe names) against the recipe schema and the registries."""
+    from .builtin_recipes import resolve_recipe
     from .components.build import make_component
     from .recipe import HypernetRecipe, load_recipe
 
     for file in files:
+        file = resolve_recipe(file)
         recipe = load_recipe(file, list(overrides))
         if isinstance(recipe, HypernetRecipe):
             make_component("peft_targets", recipe.peft, f"{file}: peft")
@@ -271,6 +310,8 @@ def recipes_validate(files, overrides) -> None:
             make_component("projectors", recipe.hypernetwork.projector, f"{file}: hypernetwork.projector")
             for i, spec in enumerate(recipe.hypernetwork.regularizers):
                 make_component("regularizers", spec, f"{file}: hypernetwork.regularizers.{i}")
+        for i, spec in enumerate(recipe.training.loggers):
+            make_component("loggers", spec, f"{file}: training.loggers.{i}")
         click.echo(f"{file}: ok ({recipe.kind})")
 
 
@@ -291,7 +332,8 @@ def registry_group() -> None:
 @_code_option
 def registry_list() -> None:
     """List every registered component (built-in, from a plugin or from --code) with its registry."""
-    from . import components  # noqa: F401 - registers the built-ins
+    from . import components  # noqa: F401 - registers the built-in components
+    from .training import loggers  # noqa: F401 - and the built-in metric loggers
     from .registry import KINDS, registry
 
     for kind in KINDS:

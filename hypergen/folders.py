@@ -22,11 +22,14 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .errors import HypergenError
-from .io import writing
+from .io import share_like_open, writing
 
 LOCK_FILE = ".hypergen.lock"
 
@@ -121,6 +124,26 @@ def install_folder(tmp: Path, folder: Path, kind: FolderKind) -> None:
             entry.rename(folder / entry.name)
         tmp.rmdir()
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(folder: Path, kind: FolderKind) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``folder`` to fill (with the umask's mode); when the block ends it is
+    installed with :func:`install_folder` (only ``kind``'s own entries of an existing ``folder`` are replaced). If
+    the block raises, the temporary folder is removed and ``folder`` is left as it was. Check ``folder`` with
+    :func:`prepare_output_dir` first."""
+    final = Path(folder).resolve()
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        share_like_open(tmp, directory=True)  # mkdtemp makes it 0o700
+    try:
+        with writing(tmp):
+            yield tmp
+        install_folder(tmp, final, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class FolderLock:

@@ -67,6 +67,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def read_json_object(path: Path, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON file holding an object (read by :func:`read_json`); another type is a one-line HypergenError."""
+    data = read_json(Path(path), what)
+    if not isinstance(data, dict):
+        raise HypergenError(f"{path}: expected a JSON object")
+    return data
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """``tensors`` as a safetensors file at ``path``, written like :func:`atomic_write_bytes`."""
     def write(tmp: Path) -> None:

@@ -20,6 +20,7 @@ from .recipe import load_recipe
 from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
                    save_final, training_and_validation)
 from .training.activation_recompute import enable_gradient_checkpointing
+from .training.loggers import Loggers
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.optim import check_optimizer
 from .training.trainer import Trainer
@@ -62,6 +63,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         assembled = assemble(recipe, device)
         switches = recipe.training.checkpointing
         enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
+        Loggers(recipe.training.loggers)  # an unknown logger or a missing package fails before the run folder
     with dist.main_first():
         if dist.is_main:  # rank 0 alone writes the folder, so it alone holds the lock
             held.enter_context(prepare_run_dir(run_dir, resolved, resume, overwrite))

@@ -202,6 +202,10 @@ class Training(Strict):
     max_consecutive_skips: int | None = Field(
         25, ge=1, description="stop with an error after this many skipped updates in a row (a run that has "
         "diverged); null: never")
+    loggers: list[ComponentSpec] = Field(
+        default_factory=list, description="where logged metrics go besides RUN/metrics.jsonl (always written): "
+        "registered metric loggers, e.g. [{\"name\": \"tensorboard\"}] or [{\"name\": \"wandb\", \"project\": "
+        "\"hart\"}]")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":

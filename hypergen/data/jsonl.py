@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 from ..errors import HypergenError
 from ..io import parse_json, read_text
-from .tasks import Example, Task
+from .demos import task_from_demos
+from .tasks import Task
 
 
 def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
@@ -21,25 +22,10 @@ def read_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
 
 def read_demos_file(path: str | Path) -> Task:
     """A task from a JSONL demos file: at most one ``{"definition": ...}`` line and ``{"input", "output"}`` pairs
-    (``output`` a string or a list of strings). The pairs become the task's positive examples."""
+    (``output`` a string or a list of strings), parsed by :func:`hypergen.data.demos.task_from_demos`."""
     path = Path(path)
-    definition, pairs = None, []
-    for number, item in read_jsonl(path, "demos file"):
-        if isinstance(item, dict) and set(item) == {"definition"} and isinstance(item["definition"], str):
-            if definition is not None:
-                raise HypergenError(f"{path}: line {number} is a second definition; at most one is allowed")
-            definition = item["definition"]
-            continue
-        output = item.get("output") if isinstance(item, dict) else None
-        outputs = [output] if isinstance(output, str) else output
-        if (not isinstance(item, dict) or set(item) != {"input", "output"} or not isinstance(item["input"], str)
-                or not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs)):
-            raise HypergenError(f"{path}: line {number}: expected {{\"definition\": text}} or "
-                                "{\"input\": text, \"output\": text}")
-        pairs.append(Example(item["input"], tuple(outputs)))
-    if not pairs:
-        raise HypergenError(f"{path}: no demonstration pairs; expected lines {{\"input\": ..., \"output\": ...}}")
-    return Task(name=path.stem, definition=definition or "", positives=pairs, instances=[], source=str(path))
+    lines = ((f"line {number}", item) for number, item in read_jsonl(path, "demos file"))
+    return task_from_demos(lines, str(path), path.stem)
 
 
 def read_queries(path: str | Path) -> list[str]:

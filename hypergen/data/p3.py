@@ -129,9 +129,9 @@ def load_p3(root: str | Path, datasets: Iterable[str], split: str, shots: int = 
 
 
 def _load_hub(datasets_: Iterable[str], split: str, shots: int, max_instances: int | None) -> list[Task]:
-    from ..models.main import _hub_reachable
+    from ..hub import hub_reachable
 
-    if not _hub_reachable():
+    if not hub_reachable():
         raise HypergenError(f"data.path: cannot reach the Hugging Face Hub for {HUB_ID}; download its subsets "
                             "(parquet, arrow or jsonl per split) into a folder and set data.path to it")
     import datasets

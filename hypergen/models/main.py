@@ -7,16 +7,14 @@ point the recipe at a local folder.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, ByT5Tokenizer, T5Config
 from transformers import T5ForConditionalGeneration
 
 from ..errors import HypergenError
+from ..hub import hub_reachable
 from ..recipe import MainModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,19 +34,6 @@ def tiny_t5(spec, vocab_size: int) -> T5ForConditionalGeneration:
         return T5ForConditionalGeneration(config)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        from huggingface_hub import constants
-
-        host = urlparse(constants.ENDPOINT).hostname or ""
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def check_model_available(name_or_path: str, where: str = "main_model.name_or_path") -> None:
     """Fail fast, in one line, when ``name_or_path`` is neither a local folder, nor cached, nor fetchable."""
     path = Path(name_or_path).expanduser()
@@ -63,7 +48,7 @@ def check_model_available(name_or_path: str, where: str = "main_model.name_or_pa
         return
     except Exception:  # noqa: BLE001 - not in the local cache
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise HypergenError(
             f"{where}: cannot fetch {name_or_path!r} from the Hugging Face Hub (no network access from here) and it "
             f"is not in the local cache; download it elsewhere and point the recipe at the folder, e.g. "

@@ -43,7 +43,8 @@ from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, 
                          remove_partial_checkpoints, temporary_checkpoint_dir)
 from .distributed import SINGLE, Dist, accumulation_steps, collective_device
 from .faults import maybe_kill
-from .metrics_log import append_metrics, truncate_metrics
+from .loggers import Loggers
+from .metrics_log import truncate_metrics
 
 
 class Trainer:
@@ -67,6 +68,7 @@ class Trainer:
         self.backend = make_backend(method, cfg, distributed, dist, self.accumulation)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
         self.step = 0
+        self.loggers = Loggers(cfg.loggers)  # metrics.jsonl plus the recipe's training.loggers (rank 0 logs)
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -163,6 +165,7 @@ class Trainer:
         if self.dist.is_main:  # what actually ran, next to the recipe that asked for it
             atomic_write_json(self.run_dir / "run_info.json",
                               {"optimizer": self.backend.optimizer_name, "backend": self.backend.name})
+            self.loggers.open(self.run_dir, self.step)
         while self.step < cfg.steps:
             parts, seen, problem = self._accumulate()
             try:
@@ -191,11 +194,13 @@ class Trainer:
                 bar.write(f"step {self.step}: eval {record['eval']}")
             history.append(record)
             if self.dist.is_main and (self.step % cfg.log_every == 0 or "eval" in record or self.step == cfg.steps):
-                append_metrics(self.run_dir, record)
+                self.loggers.log(record)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
         bar.close()
+        if self.dist.is_main:
+            self.loggers.close()
         self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
 
