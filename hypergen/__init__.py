@@ -4,7 +4,7 @@
 trained hypernetwork with its main model: ``HyperNetwork.from_pretrained(run folder, saved folder or hub id)``.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = ["HyperNetwork", "__version__"]
 
 

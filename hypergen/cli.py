@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -33,20 +32,8 @@ def main(debug: bool) -> None:
     _DEBUG["on"] = debug
 
 
-_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-                           help="Override a recipe field (value parsed as JSON), repeatable.")
 
-
-def _import_code(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        from .user_code import import_code_file
-
-        import_code_file(value)
-
-
-_code_option = click.option("--code", type=click.Path(dir_okay=False), callback=_import_code, expose_value=False,
-                            metavar="FILE.py", help="A Python file to import first: it registers components "
-                            "(with hypergen's registry decorators) that the recipe may name.")
+from .commands.options import _code_option, _set_option  # noqa: E402
 
 
 def _training_command(function):
@@ -119,6 +106,7 @@ def _print_final(run_dir: Path, no_eval: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Retrain every grid point's run folder.")
 @click.option("--no-eval", is_flag=True, help="Pick the best run but do not evaluate it on the test tasks.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_code_option
 def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Train RECIPE once per grid point, pick the best by validation ROUGE-L (P3: accuracy), test only that one."""
     from .sweep import format_table, plan_sweep, run_sweep
@@ -138,6 +126,7 @@ def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) ->
               help="The demos control: give every task another held-out task's demos (written to "
                    "RUN/eval-other-demos/). A method that adapts from the demos scores lower.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_code_option
 def eval_command(run_dir, data, split_file, max_instances, other_demos, quiet) -> None:
     """Generate each task's parameters once from its demos, decode greedily, print and write ROUGE-L and EM."""
     from .pipeline import OTHER_DEMOS_DIR, evaluate_run, format_scores
@@ -173,277 +162,12 @@ def compare(runs, labels) -> None:
         click.echo(f"{label:<30}" + "".join(f" {overall.get(key, float('nan')):>9.2f}" for key, _ in columns))
 
 
-def _quiet_hub() -> None:
-    """No transformers progress bars (loading/writing weights)."""
-    from transformers.utils import logging as hf_logging
+def _add_commands() -> None:
+    from .commands import adapters, recipes, tools
 
-    hf_logging.disable_progress_bar()
-
-
-@main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained hypernetwork run.")
-@click.option("--task", "task_file", type=click.Path(dir_okay=False), help="An S-NI task file whose demos to use.")
-@click.option("--demos", "demos_file", type=click.Path(dir_okay=False),
-              help='JSONL: at most one {"definition": ...} line and {"input": ..., "output": ...} pairs.')
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The adapter folder to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
-    """Generate one task's PEFT parameters (one hypernetwork pass) and write them as an adapter folder.
-
-    The run's PEFT target writes its own format: LoRA runs give a peft LoRA folder (adapter_config.json +
-    adapter_model.safetensors); prefix runs give hypergen's prefix folder. A tiny main model is saved into OUT/base_model so `hypergen predict` can reload it.
-    """
-    from .adapters import ADAPTER_FOLDER, export_adapter
-    from .data.jsonl import read_demos_file
-    from .data.tasks import load_task
-    from .folders import prepare_output_dir
-    from .runs import load_final, read_run
-    from .recipe import FinetuneRecipe
-
-    if (task_file is None) == (demos_file is None):
-        raise HypergenError("adapt: give exactly one of --task TASK.json and --demos FILE.jsonl")
-    task = load_task(task_file) if task_file else read_demos_file(demos_file)
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise HypergenError(f"--run: {run} does not exist")
-    recipe = read_run(run)
-    weights = run / "hypernetwork.safetensors"
-    if isinstance(recipe, FinetuneRecipe) or not weights.is_file():
-        raise HypergenError(f"{weights}: not found; --run must name a trained hypernetwork run")
-    out_path = prepare_output_dir(Path(out), ADAPTER_FOLDER, overwrite, "--out")  # before loading anything
-    if quiet:
-        _quiet_hub()
-    assembled = load_final(run)
-    export_adapter(assembled, task, out_path, run_dir=run, overwrite=overwrite)
-    click.echo(f"adapter ({recipe.peft.name}) for {task.name} written to {out_path}")
+    for command in (adapters.adapt, adapters.predict, recipes.recipes, recipes.registry_group, tools.bench,
+                    tools.plot_group):
+        main.add_command(command)
 
 
-@main.command()
-@click.option("--adapter", "adapter_dir", required=True, type=click.Path(file_okay=False),
-              help="An adapter folder written by `hypergen adapt` (or a peft LoRA folder of a T5).")
-@click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
-              help='JSONL queries, {"input": ...} per line.')
-@click.option("--output", "output_file", type=click.Path(dir_okay=False), help="JSONL predictions (default: stdout).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Default: the run's evaluation setting.")
-@click.option("--base-model", help="Main model to use instead of the adapter's base_model_name_or_path.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, base_model, quiet) -> None:
-    """Run the adapter's main model with the adapter on every query; write {"input", "prediction"} lines."""
-    from .adapters import base_model_of, load_adapter, read_adapter_config
-    from .data.jsonl import read_queries
-    from .evaluation.predict import predict as run_predict, write_predictions
-    from .models.main import load_main_model
-    from .recipe import MainModel
-    from .runs import resolve_device
-
-    _, _, settings = read_adapter_config(adapter_dir)
-    queries = read_queries(input_file)
-    if quiet:
-        _quiet_hub()
-    name = base_model or base_model_of(adapter_dir)
-    model, tokenizer = load_main_model(MainModel(name_or_path=name, dtype=settings.get("dtype", "float32")),
-                                       resolve_device("auto"))
-    adapter = load_adapter(adapter_dir, model)
-    predictions = run_predict(adapter, model, tokenizer, queries, batch_size, max_new_tokens,
-                              progress=not quiet)
-    text = write_predictions(output_file, queries, predictions)
-    if output_file is None:
-        click.echo(text, nl=False)
-    else:
-        click.echo(f"{len(predictions)} predictions written to {output_file}", err=True)
-
-
-@main.group()
-def recipes() -> None:
-    """List, copy and validate recipes; print their JSON schema."""
-
-
-@recipes.command("list")
-def recipes_list() -> None:
-    """The built-in recipes (shipped inside the package): name, method, main model, description."""
-    from .builtin_recipes import summaries
-
-    rows = summaries()
-    width = max(len(r.name) for r in rows)
-    method_width = max(len(r.method) for r in rows)
-    model_width = max(len(r.main_model) for r in rows)
-    for r in rows:
-        click.echo(f"{r.name:<{width}}  {r.method:<{method_width}}  {r.main_model:<{model_width}}  {r.description}")
-
-
-@recipes.command("copy")
-@click.argument("name")
-@click.argument("dest", type=click.Path())
-@click.option("--overwrite", is_flag=True, help="Replace an existing DEST file.")
-def recipes_copy(name, dest, overwrite) -> None:
-    """Copy the built-in recipe NAME to DEST (a file, or a folder: DEST/NAME.json), unchanged, to edit it.
-
-    Relative paths in it (data.path, a main model folder) stay as they are: like those of every recipe they are
-    resolved against the folder `hypergen train` runs in, not the recipe's folder."""
-    from .builtin_recipes import copy_recipe
-
-    target, relative = copy_recipe(name, dest, overwrite)
-    click.echo(f"{name} copied to {target}")
-    for key, value in relative:
-        click.echo(f"note: {key} is the relative path {value!r}: resolved against the folder you run "
-                   "`hypergen train` in (set it with --set or edit the copy)")
-
-
-@recipes.command("validate")
-@click.argument("files", nargs=-1, required=True)
-@_set_option
-@_code_option
-def recipes_validate(files, overrides) -> None:
-    """Check FILES (paths or built-in recipe names) against the recipe schema and the registries."""
-    from .builtin_recipes import resolve_recipe
-    from .components.build import make_component
-    from .recipe import HypernetRecipe, load_recipe
-
-    for file in files:
-        file = resolve_recipe(file)
-        recipe = load_recipe(file, list(overrides))
-        if isinstance(recipe, HypernetRecipe):
-            make_component("peft_targets", recipe.peft, f"{file}: peft")
-            make_component("generators", recipe.hypernetwork.generator, f"{file}: hypernetwork.generator")
-            make_component("projectors", recipe.hypernetwork.projector, f"{file}: hypernetwork.projector")
-            for i, spec in enumerate(recipe.hypernetwork.regularizers):
-                make_component("regularizers", spec, f"{file}: hypernetwork.regularizers.{i}")
-        for i, spec in enumerate(recipe.training.loggers):
-            make_component("loggers", spec, f"{file}: training.loggers.{i}")
-        click.echo(f"{file}: ok ({recipe.kind})")
-
-
-@recipes.command("schema")
-def recipes_schema() -> None:
-    """Print the JSON schema of hypernetwork and finetune recipes."""
-    from .recipe import recipe_schema
-
-    click.echo(json.dumps(recipe_schema(), indent=2))
-
-
-@main.group("registry")
-def registry_group() -> None:
-    """Inspect the component registries."""
-
-
-@registry_group.command("list")
-@_code_option
-def registry_list() -> None:
-    """List every registered component (built-in, from a plugin or from --code) with its registry."""
-    from . import components  # noqa: F401 - registers the built-in components
-    from .training import loggers  # noqa: F401 - and the built-in metric loggers
-    from .registry import KINDS, registry
-
-    for kind in KINDS:
-        for name, factory in registry.entries(kind).items():
-            origin = getattr(factory, "__module__", "?")
-            click.echo(f"{kind:<14} {name:<28} {origin}")
-
-
-@main.command()
-@click.option("--run", "run_dir", type=click.Path(file_okay=False),
-              help="A trained hypernetwork run: its main model, tokenizer, hypernetwork and held-out tasks.")
-@click.option("--size", type=click.Choice(["tiny", "t5-large"]), default=None,
-              help="Without --run: random-weight main model of this size (default: tiny).")
-@click.option("--tasks", "num_tasks", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Held-out tasks to time adaptation on.")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Fine-tuning steps S per task.")
-@click.option("--output", "-o", type=click.Path(file_okay=False),
-              help="Folder for bench.json, bench.png, bench.txt (default: runs/bench/<size or run name>).")
-@click.option("--depths", default="6,12,24,48", show_default=True,
-              help="Main-model depths for the autoregressive generator's scaling.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=5, show_default=True,
-              help="With --run: evaluate the fine-tuned model every this many steps.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's; 1 is steadier "
-              "on a machine other processes share).")
-def bench(run_dir, size, num_tasks, steps, output, depths, eval_every, device, threads) -> None:
-    """Time hypernetwork adaptation (the run's, by its registered names; HART; HyperTuning) against LoRA and prefix
-    fine-tuning; print, write JSON+PNG."""
-    from .bench import BenchConfig, format_table, run_bench, write_outputs
-
-    if run_dir is not None and size is not None:
-        raise HypergenError("bench: give --run or --size, not both (a run fixes the size)")
-    try:
-        depth_list = tuple(sorted({int(d) for d in depths.split(",") if d.strip()}))
-    except ValueError:
-        raise HypergenError(f"--depths: expected comma-separated integers, got {depths!r}") from None
-    if not depth_list or min(depth_list) < 1:
-        raise HypergenError(f"--depths: expected positive integers, got {depths!r}")
-    _quiet_hub()
-    config = BenchConfig(run_dir=run_dir, size=size or "tiny", tasks=num_tasks, steps=steps, depths=depth_list,
-                         eval_every=eval_every, device=device, threads=threads, log=lambda m: click.echo(m, err=True))
-    result = run_bench(config)
-    folder = Path(output) if output else Path("runs") / "bench" / (Path(run_dir).name if run_dir else config.size)
-    json_path, png_path, _ = write_outputs(result, folder)
-    click.echo(format_table(result))
-    click.echo(f"written {json_path} and {png_path}")
-
-
-
-@main.group("plot")
-def plot_group() -> None:
-    """Plot training-loss curves of runs, and a hypernetwork's generator self-attention."""
-
-
-@plot_group.command("loss")
-@click.option("--run", "runs", multiple=True, required=True, type=click.Path(file_okay=False),
-              help="A run folder with metrics.jsonl; repeat to draw several runs on one plot.")
-@click.option("--label", "labels", multiple=True, help="A label per --run, in order (default: folder names).")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="The PNG to write (default: <first run>/plots/<metric>.png); the summary JSON goes beside it.")
-@click.option("--window", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Points per window for the variance and the moving average.")
-@click.option("--metric", default="loss", show_default=True,
-              help="A numeric key of metrics.jsonl: loss (prediction cross-entropy), a regularizer's name (e.g. "
-                   "local_consistency: its unweighted term), lr, examples_per_s.")
-def plot_loss_command(runs, labels, out, window, metric) -> None:
-    """Draw each run's METRIC against step on one PNG; print a one-line summary per run.
-
-    The variance printed (and written to the JSON beside the PNG) is the mean, over every window of WINDOW
-    consecutive logged points in the second half of training (step > last logged step / 2; skipped steps left out),
-    of the variance (ddof 0) of the metric within the window; with fewer points than WINDOW there, one window of
-    all of them; n/a with fewer than 2.
-    """
-    from .plots.loss import format_summary, plot_loss
-
-    png, json_path, summaries = plot_loss(runs, labels, out, window, metric)
-    for summary in summaries:
-        click.echo(format_summary(summary))
-    click.echo(f"written {png} and {json_path}")
-
-
-@plot_group.command("attention")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="A trained hypernetwork run (HyperTuning, HART or a hybrid).")
-@click.option("--tasks", "num_tasks", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Held-out tasks whose demos to average over.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="The PNG to write (default: RUN/plots/attention.png); the matrix JSON goes beside it.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def plot_attention_command(run_dir, num_tasks, out, device) -> None:
-    """Heatmap of the generator's self-attention (last hypernetwork-decoder layer, mean over heads and tasks).
-
-    Non-autoregressive runs (HyperTuning) are drawn row by row: 2p generated rows, the first p feeding every
-    encoder layer, the last p every decoder layer. Autoregressive runs (HART) are aggregated to per-layer blocks
-    (2 rows per layer) and are causal. The full matrix and the blocks are written as JSON beside the PNG.
-    """
-    from .plots.attention import check_hypernetwork_run, plot_attention
-    from .runs import resolve_device
-
-    resolved = resolve_device(device, "--device")
-    check_hypernetwork_run(Path(run_dir))  # fail before loading any model
-    _quiet_hub()
-    png, json_path, summary = plot_attention(run_dir, num_tasks, out, resolved)
-    kind = "autoregressive, causal" if summary["autoregressive"] else "non-autoregressive"
-    click.echo(f"generator {summary['generator']} ({kind}): {summary['size']} generated rows, "
-               f"{summary['heads']} heads, {len(summary['tasks'])} held-out tasks; {summary['blocks']['kind']} blocks "
-               f"{', '.join(summary['blocks']['labels'])}")
-    click.echo(f"written {png} and {json_path}")
-
-
-if __name__ == "__main__":
-    main()
+_add_commands()

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import __version__
+from .version import __version__
 from .builtin_recipes import method_label
 from .data.tasks import Task
 from .errors import HypergenError

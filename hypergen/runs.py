@@ -208,7 +208,7 @@ def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, ov
         if holds_run and recipe_file.exists() and not overwrite:
             if not resume:
                 raise HypergenError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite")
-            if read_json(recipe_file, "run recipe") != recipe_data:
+            if not same_recipe(recipe_file, recipe_data):
                 raise HypergenError(f"{run_dir}: holds a run of a different recipe; --resume needs the same recipe")
         if overwrite and holds_run:
             clear_output_dir(run_dir, RUN_FOLDER)
@@ -220,13 +220,27 @@ def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, ov
     return lock
 
 
+def same_recipe(recipe_file: Path, recipe_data: dict[str, Any]) -> bool:
+    """Whether a run's saved ``recipe.json`` is the resolved ``recipe_data``, read through today's recipe models
+    (so that a setting added since the run was written, at its default, does not make it "another recipe")."""
+    import json
+
+    saved = read_json(recipe_file, "run recipe")
+    if saved == recipe_data:
+        return True
+    try:
+        return json.loads(parse_recipe(saved, str(recipe_file)).model_dump_json()) == recipe_data
+    except RecipeError:
+        return False
+
+
 def finished_run(run_dir: Path, recipe_data: dict[str, Any]) -> Path | None:
     """The final weights of ``run_dir`` when it is a finished run of this recipe (what ``--resume`` would
     retrain), else None. Refuses a folder that is not a run (:func:`check_output_dir`), reading nothing else."""
     run_dir = Path(run_dir)
     if not check_output_dir(run_dir, RUN_FOLDER, "--output") or not (run_dir / "recipe.json").is_file():
         return None
-    if read_json(run_dir / "recipe.json", "run recipe") != recipe_data:
+    if not same_recipe(run_dir / "recipe.json", recipe_data):
         return None
     for final in (run_dir / "hypernetwork.safetensors", run_dir / "model" / "config.json"):
         if final.is_file():

@@ -240,7 +240,7 @@ def test_tensorboard_events_hold_the_logged_metrics(runs):
     events = EventAccumulator(str(runs["lora"] / "tensorboard"))
     events.Reload()
     lines = [json.loads(x) for x in (runs["lora"] / "metrics.jsonl").read_text().splitlines()]
-    for key in ("loss", "cst", "lr"):
+    for key in ("loss", "local_consistency", "lr"):
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [line["step"] for line in lines] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([line[key] for line in lines], rel=1e-6)

@@ -1,0 +1,2 @@
+"""The ``hypergen`` subcommands beyond training and evaluation, one module per family; :mod:`hypergen.cli`
+adds them to the ``hypergen`` group."""
