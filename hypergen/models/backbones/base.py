@@ -90,6 +90,22 @@ class Backbone(abc.ABC):
         normed states T x n x d_h and, if asked, the last layer's attention weights (T x heads x n x keys)."""
 
 
+@dataclass(frozen=True)
+class LinearSite:
+    """One projection (an ``nn.Linear``) of the main model a LoRA can adapt: ``group`` names its slot groups'
+    stem (T5 "encoder.self.q", a causal LM "layers.q_proj"), ``source`` its group of layers, ``layer`` its layer
+    index, ``path_template`` its dotted module name with ``{layer}`` for the layer index."""
+
+    group: str
+    source: str
+    layer: int
+    path_template: str
+
+    @property
+    def path(self) -> str:
+        return self.path_template.format(layer=self.layer)
+
+
 def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``keep`` (bool, ... x q x k, True = visible) -> float mask with 0 where visible and the dtype's min elsewhere."""
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)

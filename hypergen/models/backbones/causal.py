@@ -22,7 +22,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutput
 
-from .base import Backbone, Context, MainModelShape, additive_mask, copy_config_as_eager
+from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
 
 GROUP = "layers"
 
@@ -34,6 +34,32 @@ def causal_layers(main_model: nn.Module) -> nn.ModuleList:
         raise ValueError(f"main_model: {type(main_model).__name__} has no base_model.layers; supported causal LMs "
                          "are Llama-style (Llama, Qwen2, Mistral, Gemma)")
     return layers
+
+
+LORA_PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+                    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}  # peft's names -> parent module
+PEFT_TASK_TYPE = "CAUSAL_LM"
+
+
+def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[LinearSite, nn.Linear]]:
+    """The ``targets`` projections (peft's names, e.g. q_proj, v_proj, gate_proj) of every layer, grouped by
+    projection, then layer. A causal LM has one group of layers, so ``sides`` does not apply; it has no
+    cross-attention, so ``attention`` may only hold "self"."""
+    if any(att != "self" for att in attention):
+        raise ValueError(f"attention: {list(attention)}: a causal LM has only self-attention; use ['self']")
+    unknown = [t for t in targets if t not in LORA_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"targets: {unknown} are not projections of {type(main_model).__name__}; allowed: "
+                         f"{', '.join(LORA_PROJECTIONS)}")
+    layers, prefix = causal_layers(main_model), main_model.base_model_prefix
+    sites = []
+    for projection in targets:
+        parent = LORA_PROJECTIONS[projection]
+        template = f"{prefix}.layers.{{layer}}.{parent}.{projection}"
+        for layer, block in enumerate(layers):
+            sites.append((LinearSite(f"{GROUP}.{projection}", GROUP, layer, template),
+                          getattr(getattr(block, parent), projection)))
+    return sites
 
 
 def main_layers(main_model: nn.Module) -> list[nn.Module]:

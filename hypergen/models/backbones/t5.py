@@ -18,7 +18,35 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from .base import Backbone, Context, MainModelShape, additive_mask, copy_config_as_eager
+from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
+
+
+LORA_PROJECTIONS = ("q", "k", "v", "o")
+LORA_ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a block, name
+LORA_SIDES = ("encoder", "decoder")
+PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+
+
+def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[LinearSite, nn.Linear]]:
+    """The ``targets`` projections (q, k, v, o) of the ``attention`` modules ("self", "cross": decoder only) of
+    each side in ``sides``, grouped by side, attention, projection, then layer."""
+    unknown = [t for t in targets if t not in LORA_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"targets: {unknown} are not projections of {type(main_model).__name__}; allowed: "
+                         f"{', '.join(LORA_PROJECTIONS)}")
+    sites = []
+    for side in sides:
+        stack = getattr(main_model, side, None)
+        for att in attention:
+            if stack is None or (side == "encoder" and att == "cross"):
+                continue
+            index, name = LORA_ATTENTIONS[att]
+            for projection in targets:
+                template = f"{side}.block.{{layer}}.layer.{index}.{name}.{projection}"
+                for layer, block in enumerate(stack.block):
+                    sites.append((LinearSite(f"{side}.{att}.{projection}", side, layer, template),
+                                  getattr(getattr(block.layer[index], name), projection)))
+    return sites
 
 
 def main_layers(main_model: nn.Module) -> list[nn.Module]:
