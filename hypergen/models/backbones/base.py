@@ -64,12 +64,14 @@ class Backbone(abc.ABC):
 
     ``modules``: {attribute name: nn.Module} that the hypernetwork registers as its own trainable children (their
     names are the hypernetwork's state-dict prefixes). ``d_model``: the hidden width d_h; ``num_layers``: k, the
-    main-model layers ``decode`` runs.
+    main-model layers ``decode`` runs; ``supports_fusion``: whether the main model can read the encoded demos
+    beside its input (fusion-in-decoder: T5's cross-attention; a causal LM has none).
     """
 
     shape: MainModelShape
     d_model: int
     num_layers: int
+    supports_fusion: bool
     modules: dict[str, nn.Module]
 
     @abc.abstractmethod

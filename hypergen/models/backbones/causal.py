@@ -75,6 +75,8 @@ class CausalBackbone(Backbone):
     """A copy of the main model's embeddings, first ``decoder_layers`` layers and final norm (``modules``:
     "decoder"), initialised from the main model's weights unless ``init_from_main`` is false."""
 
+    supports_fusion = False
+
     def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True) -> None:
         layers = causal_layers(main_model)
         if decoder_layers > len(layers):

@@ -64,6 +64,8 @@ class T5Backbone(Backbone):
     """A copy of the main encoder and of the first ``decoder_layers`` decoder layers (``modules``: "encoder",
     "decoder"), initialised from the main model's weights (appendix 6.1.1) unless ``init_from_main`` is false."""
 
+    supports_fusion = True
+
     def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True) -> None:
         if decoder_layers > len(main_model.decoder.block):
             raise ValueError(f"hypernetwork.decoder_layers: {decoder_layers} exceeds the main model's "
