@@ -231,3 +231,76 @@ def test_full_size_causal_recipes_validate_and_fail_fast_offline(name, tmp_path,
     result = CliRunner().invoke(main, ["train", str(recipe), "-o", str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 2
     assert "main_model.name_or_path: cannot fetch" in result.output
+
+
+# ------------------------------------------------------------------------------------------------------- prefix
+
+def prefix_params(model, target, batch: int):
+    torch.manual_seed(5)
+    return {g.name: torch.randn(batch, g.num_layers, g.rows, g.width) for g in target.slot_groups(model)}
+
+
+def test_zero_length_prefix_leaves_logits_unchanged():
+    from hypergen.components.targets.prefix import PrefixTarget
+
+    model = causal_model()
+    query, mask, labels = torch.randint(3, 259, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.randint(3, 259, (2, 3))
+    mask[1, 3:] = 0
+    stock = main_forward(model, query, mask, labels).logits
+    target = PrefixTarget(length=0)
+    assert [(g.name, g.num_layers, g.width) for g in target.slot_groups(model)] == [
+        ("layers.key", LAYERS, 16), ("layers.value", LAYERS, 16)]  # 2 key/value heads of width 8
+    target.prepare(model)
+    with target.applied(model, prefix_params(model, target, 2)):
+        torch.testing.assert_close(main_forward(model, query, mask, labels).logits, stock, atol=1e-6, rtol=1e-5)
+
+
+def test_prefixed_attention_is_attention_over_the_concatenated_keys_and_values():
+    """Prefix keys unrotated, visible to every query; real keys rotated at their positions, causal."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    from hypergen.components.targets.prefix import PrefixTarget
+
+    model = causal_model()
+    target = PrefixTarget(length=2)
+    target.prepare(model)
+    params = prefix_params(model, target, 2)
+    attention = model.model.layers[1].self_attn
+    hidden = torch.randn(2, 4, 32)
+    positions = torch.arange(4)[None].expand(2, -1)
+    cos_sin = model.model.rotary_emb(hidden, positions)
+    causal = torch.full((4, 4), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, 4, 4)
+    with torch.no_grad(), target.applied(model, params):
+        out, _ = attention(hidden, position_embeddings=cos_sin, attention_mask=causal)
+        shape = (2, 4, 2, 8)
+        q = attention.q_proj(hidden).view(2, 4, 4, 8).transpose(1, 2)
+        k = attention.k_proj(hidden).view(shape).transpose(1, 2)
+        v = attention.v_proj(hidden).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *cos_sin)
+        prefix_k = params["layers.key"][:, 1].view(2, 2, 2, 8).transpose(1, 2)
+        prefix_v = params["layers.value"][:, 1].view(2, 2, 2, 8).transpose(1, 2)
+        keys = repeat_kv(torch.cat([prefix_k, k], 2), 2)
+        values = repeat_kv(torch.cat([prefix_v, v], 2), 2)
+        scores = q @ keys.transpose(-1, -2) / 8 ** 0.5 + torch.nn.functional.pad(causal, (2, 0))
+        expected = attention.o_proj((scores.softmax(-1) @ values).transpose(1, 2).reshape(2, 4, 32))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_per_example_with_padding_and_generate_with_its_cache():
+    from hypergen.components.targets.prefix import PrefixTarget
+
+    model = causal_model()
+    target = PrefixTarget(length=3)
+    target.prepare(model)
+    params = prefix_params(model, target, 2)
+    query, mask = torch.randint(3, 259, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    labels = torch.randint(3, 259, (2, 3))
+    with torch.no_grad(), target.applied(model, params):
+        both = main_forward(model, query, mask, labels).logits
+        generated = main_generate(model, query, mask, max_new_tokens=4)  # with the KV cache
+        replay = main_forward(model, query, mask, generated).logits  # teacher-forced, no cache
+    with torch.no_grad(), target.applied(model, {k: v[1:] for k, v in params.items()}):
+        alone = main_forward(model, query[1:, :4], mask[1:, :4], labels[1:]).logits
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
+    assert torch.equal(replay.argmax(-1), generated)

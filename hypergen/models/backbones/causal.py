@@ -21,6 +21,7 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutput
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
 
@@ -60,6 +61,25 @@ def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[L
             sites.append((LinearSite(f"{GROUP}.{projection}", GROUP, layer, template),
                           getattr(getattr(block, parent), projection)))
     return sites
+
+
+PREFIX_MODEL_FIELDS = ("num_hidden_layers", "num_key_value_heads", "head_dim", "hidden_size")
+PREFIX_ATTENTION = eager_attention_forward  # Llama's eager attention (grouped-query heads repeated), shared by Qwen2
+
+
+def attention_modules(main_model: nn.Module) -> list[nn.Module]:
+    """Every attention module of the main model: what its attention function runs in."""
+    return [layer.self_attn for layer in causal_layers(main_model)]
+
+
+def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tuple[str, int, nn.Module, int, int]]:
+    """(group, layer, ``self_attn`` module, key/value heads, head width) of every layer when ``decoder`` is on (a
+    causal LM's layers are decoder layers; ``encoder`` does not apply). Prefix keys are generated after rotary
+    embedding: they are not rotated, so they are visible to every query at no position."""
+    if not decoder:
+        return []
+    return [(GROUP, i, layer.self_attn, main_model.config.num_key_value_heads, layer.self_attn.head_dim)
+            for i, layer in enumerate(causal_layers(main_model))]
 
 
 def main_layers(main_model: nn.Module) -> list[nn.Module]:

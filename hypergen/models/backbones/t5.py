@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import eager_attention_forward
 
 from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
 
@@ -46,6 +47,29 @@ def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[L
                 for layer, block in enumerate(stack.block):
                     sites.append((LinearSite(f"{side}.{att}.{projection}", side, layer, template),
                                   getattr(getattr(block.layer[index], name), projection)))
+    return sites
+
+
+PREFIX_MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # a prefix must match
+PREFIX_ATTENTION = eager_attention_forward  # what the prefix attention calls once the prefix is prepended
+
+
+def attention_modules(main_model: nn.Module) -> list[nn.Module]:
+    """Every attention module (self- and cross-attention) of the main model: what its attention function runs in."""
+    return [layer for stack in (main_model.encoder, main_model.decoder) for block in stack.block
+            for layer in (block.layer[0].SelfAttention, getattr(block.layer[1], "EncDecAttention", None)) if layer]
+
+
+def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tuple[str, int, nn.Module, int, int]]:
+    """(side, layer, ``SelfAttention`` module, heads, head width) of every self-attention layer of the chosen sides
+    (cross-attention never gets a prefix)."""
+    sites = []
+    for side, on in (("encoder", encoder), ("decoder", decoder)):
+        stack = getattr(main_model, side, None)
+        if on and stack is not None:
+            for i, block in enumerate(stack.block):
+                attention = block.layer[0].SelfAttention
+                sites.append((side, i, attention, attention.n_heads, attention.key_value_proj_dim))
     return sites
 
 
