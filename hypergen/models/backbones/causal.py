@@ -39,6 +39,7 @@ def causal_layers(main_model: nn.Module) -> nn.ModuleList:
 
 LORA_PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
                     "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}  # peft's names -> parent module
+BASELINE_LORA_TARGETS = ("q_proj", "v_proj")  # what the per-task LoRA baseline adapts, as a peft user would
 PEFT_TASK_TYPE = "CAUSAL_LM"
 
 
@@ -80,6 +81,14 @@ def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tu
         return []
     return [(GROUP, i, layer.self_attn, main_model.config.num_key_value_heads, layer.self_attn.head_dim)
             for i, layer in enumerate(causal_layers(main_model))]
+
+
+def describe_main(config) -> dict:
+    """The main model's shape as ``hypergen bench`` reports it."""
+    return {"architecture": config.model_type, "d_model": config.hidden_size, "d_kv": config.head_dim,
+            "d_ff": config.intermediate_size, "num_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads, "num_layers": config.num_hidden_layers,
+            "layers": str(config.num_hidden_layers), "vocab_size": config.vocab_size}
 
 
 def main_layers(main_model: nn.Module) -> list[nn.Module]:

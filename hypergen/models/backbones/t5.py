@@ -25,6 +25,7 @@ from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, 
 LORA_PROJECTIONS = ("q", "k", "v", "o")
 LORA_ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a block, name
 LORA_SIDES = ("encoder", "decoder")
+BASELINE_LORA_TARGETS = ("q", "v")  # what the per-task LoRA baseline adapts, as a peft user would
 PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
 
 
@@ -71,6 +72,14 @@ def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tu
                 attention = block.layer[0].SelfAttention
                 sites.append((side, i, attention, attention.n_heads, attention.key_value_proj_dim))
     return sites
+
+
+def describe_main(config) -> dict:
+    """The main model's shape as ``hypergen bench`` reports it."""
+    return {"architecture": "t5", "d_model": config.d_model, "d_kv": config.d_kv, "d_ff": config.d_ff,
+            "num_heads": config.num_heads, "num_layers": config.num_layers,
+            "num_decoder_layers": config.num_decoder_layers, "layers": f"{config.num_layers}+{config.num_decoder_layers}",
+            "vocab_size": config.vocab_size, "feed_forward_proj": config.feed_forward_proj}
 
 
 def main_layers(main_model: nn.Module) -> list[nn.Module]:
