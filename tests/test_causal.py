@@ -304,3 +304,22 @@ def test_prefix_per_example_with_padding_and_generate_with_its_cache():
         alone = main_forward(model, query[1:, :4], mask[1:, :4], labels[1:]).logits
     torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
     assert torch.equal(replay.argmax(-1), generated)
+
+
+def test_rank_classification_scores_the_choice_tokens():
+    """FinetuneMethod.score (what P3 rank classification ranks by) is the sum of the choice tokens' log-probs
+    after the query, as one forward pass over [query ; choice] gives them."""
+    from hypergen.data.collate import Batch
+    from hypergen.training.methods import FinetuneMethod
+
+    model = causal_model()
+    method = FinetuneMethod(copy.deepcopy(model), few_shot=False, eval_cfg=None)
+    query = torch.tensor([[10, 11, 1], [10, 11, 1]])
+    labels = torch.tensor([[30, 1], [40, 41]])
+    batch = Batch(query[:1], torch.ones(1, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), query,
+                  torch.ones_like(query), labels, ["t"], [("a",), ("b",)])
+    scores = method.score(batch, None)
+    for b in range(2):
+        log_probs = model(input_ids=torch.cat([query[b], labels[b]])[None]).logits[0].log_softmax(-1)
+        expected = log_probs[2, labels[b, 0]] + log_probs[3, labels[b, 1]]
+        torch.testing.assert_close(scores[b], expected, atol=1e-5, rtol=1e-5)
