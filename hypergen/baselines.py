@@ -5,7 +5,8 @@ as the training batch), with AdamW, and decodes with them; the main model's own 
 :meth:`PerTaskTuner.close` gives the stock model back. Used by ``hypergen bench`` (time per step, steps to reach
 the hypernetwork's score) and by the reproduction study (the Prefix-Tuning and LoRA rows of Table 2).
 
-* ``lora``: peft's LoRA (rank ``lora_rank`` on ``q`` and ``v``), as a user of peft would set it up;
+* ``lora``: peft's LoRA (rank ``lora_rank`` on ``q`` and ``v``; a causal LM's ``q_proj`` and ``v_proj``), as a
+  user of peft would set it up;
 * ``prefix``: learnable key/value prefixes of length ``prefix_length`` in every encoder and decoder self-attention,
   through hypergen's :class:`~hypergen.components.targets.prefix.PrefixTarget` (peft's T5 prefix tuning puts no
   prefix into the encoder, and drops it in ``generate()``).
@@ -22,6 +23,8 @@ from torch import nn
 from .components.targets.prefix import PrefixTarget
 from .data.collate import Batch, Collator
 from .data.tasks import Task
+from .models.adapted import main_forward, main_generate
+from .models.backbones import family
 
 KINDS = ("lora", "prefix")
 
@@ -40,8 +43,10 @@ class PerTaskTuner:
         if kind == "lora":
             from peft import LoraConfig, get_peft_model
 
-            self.model = get_peft_model(main, LoraConfig(r=lora_rank, target_modules=["q", "v"],
-                                                         task_type="SEQ_2_SEQ_LM"))
+            models_family = family(main)
+            self.model = get_peft_model(main, LoraConfig(r=lora_rank,
+                                                         target_modules=list(models_family.BASELINE_LORA_TARGETS),
+                                                         task_type=models_family.PEFT_TASK_TYPE))
             self.params = [p for p in self.model.parameters() if p.requires_grad]
         else:
             self.model = main
@@ -59,8 +64,7 @@ class PerTaskTuner:
     def step(self, batch: Batch) -> float:
         """One AdamW step on ``batch`` (with labels); returns the loss."""
         with self._context():
-            loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              labels=batch.labels).loss
+            loss = main_forward(self.model, batch.input_ids, batch.attention_mask, batch.labels).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -70,8 +74,7 @@ class PerTaskTuner:
     def generate(self, batch: Batch, max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding of ``batch``'s inputs: B x n_y token ids."""
         with self._context():
-            return self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       max_new_tokens=max_new_tokens, do_sample=False)
+            return main_generate(self.model, batch.input_ids, batch.attention_mask, max_new_tokens)
 
     @property
     def trainable_parameters(self) -> int:

@@ -35,7 +35,12 @@ class ComponentSpec(BaseModel):
 
 
 class TinyT5(Strict):
-    """A T5 built from a config with random weights and the file-less ByT5 tokenizer (byte level)."""
+    """A tiny main model built from a config with random weights and the file-less ByT5 tokenizer (byte level):
+    a T5 (``architecture`` "t5", the default) or a causal LM ("llama", "qwen2"), which reads ``d_model`` as its
+    hidden size, ``d_kv`` as its head width, ``d_ff`` as its MLP width and ``num_layers`` as its layer count
+    (``num_decoder_layers``, ``feed_forward_proj`` are T5's)."""
+
+    architecture: Literal["t5", "llama", "qwen2"] = "t5"
 
     d_model: int = Field(128, gt=0)
     d_kv: int = Field(32, gt=0)
@@ -46,6 +51,8 @@ class TinyT5(Strict):
     dropout_rate: float = Field(0.0, ge=0, lt=1)
     feed_forward_proj: str = "gated-gelu"
     seed: int = 0
+    num_key_value_heads: int | None = Field(None, gt=0, description="a causal LM's key/value heads (grouped-query "
+                                            "attention; default: num_heads)")
     vocab_size: int | None = Field(None, ge=384, description="embedding rows (default: the ByT5 tokenizer's 384); more, e.g. T5's 32128, for a model of a real vocabulary's size (the extra rows are never used)")
 
 

@@ -13,7 +13,8 @@ from hypergen.components.regularizers import LocalConsistency
 from hypergen.components.targets.prefix import PrefixTarget
 from hypergen.data.collate import Collator
 from hypergen.data.tasks import Example, Task
-from hypergen.models.hypernet import HyperNetwork, main_model_shape
+from hypergen.models.backbones import main_model_shape
+from hypergen.models.hypernet import HyperNetwork
 from hypergen.recipe import Data, Evaluation
 from hypergen.training.methods import HypernetMethod
 
@@ -89,12 +90,11 @@ def test_autoregressive_cache_equals_recompute(tiny_main):
 def test_autoregressive_state_depends_only_on_earlier_steps(tiny_main):
     hypernet, _ = build(tiny_main, AutoregressiveGenerator(), k=2)
     hypernet.eval()
-    encoder_states = hypernet.encoder(*demos()).last_hidden_state
-    _, mask = demos()
+    context = hypernet.backbone.encode(*demos())
     shape = main_model_shape(tiny_main)
-    full = hypernet.generator(hypernet.decoder, encoder_states, mask, shape).states
-    shorter = type(shape)(num_encoder_layers=2, num_decoder_layers=1)
-    truncated = hypernet.generator(hypernet.decoder, encoder_states, mask, shorter).states
+    full = hypernet.generator(hypernet.backbone, context, shape).states
+    shorter = type(shape).of(encoder=2, decoder=1)
+    truncated = hypernet.generator(hypernet.backbone, context, shorter).states
     torch.testing.assert_close(full[:, :4], truncated, atol=1e-5, rtol=1e-5)
     # and gradients flow through the chain: the last state depends on z through every step
     hypernet.generator.z.grad = None

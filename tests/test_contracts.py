@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from hypergen.cli import main
-from hypergen.components.base import TEMPORARY_ATTRIBUTE_PREFIX, Generator
+from hypergen.components.base import TEMPORARY_ATTRIBUTE_PREFIX, Generator, MainModelShape
 from hypergen.components.generators import NonAutoregressiveGenerator
 from hypergen.components.targets.lora import LoraTarget
 from hypergen.components.targets.prefix import PrefixTarget
@@ -77,7 +77,7 @@ def test_rows_per_layer_is_checked_once_built():
     generator = NonAutoregressiveGenerator()
     with pytest.raises(RecipeError, match=r"NonAutoregressiveGenerator\.rows_per_layer must be an integer >= 1.*0"):
         generator.check_contract()  # p is 0 until build
-    generator.build(32, None, prefix_rows=3)
+    generator.build(32, MainModelShape.of(encoder=1, decoder=1), prefix_rows=3)  # T5-shaped: 2 groups
     generator.check_contract()
     assert generator.rows_per_layer == 3 and generator.z.shape == (6, 32) and generator.autoregressive is False
 

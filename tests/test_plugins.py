@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from torch.nn import functional as F
 
 from hypergen.cli import main
-from hypergen.components.generators import AutoregressiveGenerator, additive_mask, run_decoder
+from hypergen.components.generators import AutoregressiveGenerator, additive_mask
+from hypergen.models.backbones import main_model_shape
 from hypergen.components.projectors import LayerwiseMLPProjector
 from hypergen.components.targets.prefix import PrefixTarget
-from hypergen.models.hypernet import HyperNetwork, main_model_shape
+from hypergen.models.hypernet import HyperNetwork
 from test_components import demos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,18 +164,18 @@ def test_blockwise_blocks_of_two(tiny_main, blocks):
     assert out.params["encoder.key"].shape[:3] == (2, 3, 2) and out.params["decoder.value"].shape[:3] == (2, 2, 2)
     # reference without cache: step 1 decodes z; step 2 decodes [z, h_1] with a block-causal mask (blocks of 4)
     with torch.no_grad():
-        e = hypernet.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        e = hypernet.backbone.encode(ids, mask)
         z = generator.z.expand(2, -1, -1)
-        h1, _ = run_decoder(hypernet.decoder, z, e, mask)
+        h1, _ = hypernet.backbone.decode(z, e)
         block_of = torch.arange(8) // 4
         causal = additive_mask(block_of[None, :] <= block_of[:, None], z.dtype)[None, None]
-        h2, _ = run_decoder(hypernet.decoder, torch.cat([z, h1], 1), e, mask, self_mask=causal)
+        h2, _ = hypernet.backbone.decode(torch.cat([z, h1], 1), e, self_mask=causal)
     torch.testing.assert_close(states[:, :4], h1, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(states[:, 4:], h2[:, 4:6], atol=1e-5, rtol=1e-5)
     # the layers of one block come from one step: a 2-layer main model needs a single step
-    shorter = type(main_model_shape(tiny_main))(num_encoder_layers=2, num_decoder_layers=2)
+    shorter = type(main_model_shape(tiny_main)).of(encoder=2, decoder=2)
     with torch.no_grad():
-        one_step = generator(hypernet.decoder, e, mask, shorter).states
+        one_step = generator(hypernet.backbone, e, shorter).states
     torch.testing.assert_close(one_step, h1, atol=1e-5, rtol=1e-5)
 
 

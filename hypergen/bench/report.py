@@ -32,6 +32,7 @@ def _colors(names: list[str], palette: str) -> list:
 
 def format_table(result: dict[str, Any]) -> str:
     mm, lengths = result["main_model"], result["lengths"]
+    layers = mm.get("layers") or f"{mm['num_layers']}+{mm['num_decoder_layers']}"  # older bench.json: T5 only
     steps = result["settings"]["steps"]
     # column widths: the default ones, wider where a label (a plugin's registered names) is longer
     name_width = max([11] + [len(name) for name in result["hypernetworks"]]) + 1
@@ -39,7 +40,7 @@ def format_table(result: dict[str, Any]) -> str:
     ratio_width = max([22] + [len(key) for key in result["ratios"]]) + 2
     lines = [
         f"hypergen bench: {result['label']} (main model {mm['parameters'] / 1e6:.1f}M parameters, d_model "
-        f"{mm['d_model']}, {mm['num_layers']}+{mm['num_decoder_layers']} layers; hypernetwork decoder k="
+        f"{mm['d_model']}, {layers} layers; hypernetwork decoder k="
         f"{result['hypernetwork']['decoder_layers']}) on {result['machine']['device']}, "
         f"{result['machine'].get('torch_threads')} torch threads",
         f"lengths (tokens, at most): demos {lengths['max_demo_tokens']}, query {lengths['max_input_tokens']}, "

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..models.backbones import family
 from ..training.methods import HypernetMethod
 from .finetune import FT_METHODS, LORA_RANK, fine_tuning, hypernet_rouge
 from .latency import adapt, adaptation_latency
@@ -96,9 +97,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "label": setup.label, "size": setup.preset.name, "run": config.run_dir,
         "machine": machine_info(device),
-        "main_model": {"d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff, "num_heads": cfg.num_heads,
-                       "num_layers": cfg.num_layers, "num_decoder_layers": cfg.num_decoder_layers,
-                       "vocab_size": cfg.vocab_size, "feed_forward_proj": cfg.feed_forward_proj,
+        "main_model": {**family(main).describe_main(cfg),
                        "parameters": sum(p.numel() for p in main.parameters()),
                        "dtype": str(next(main.parameters()).dtype)},
         "hypernetwork": {"decoder_layers": hyper.decoder_layers, "fusion_in_decoder": hyper.fusion_in_decoder},

@@ -40,7 +40,7 @@ class SizePreset:
     measurement settings."""
 
     name: str
-    t5: dict[str, Any]  # hypergen.recipe.TinyT5 fields
+    t5: dict[str, Any]  # hypergen.recipe.TinyT5 fields (its architecture: a T5 or a causal LM)
     data: dict[str, Any]  # hypergen.recipe.Data fields (the embedded tasks)
     decoder_layers: int
     prefix_length: int
@@ -76,6 +76,13 @@ SIZES: dict[str, SizePreset] = {
                   include_definition=True, demo_style="sni"),
         decoder_layers=8, prefix_length=32, throughput_tasks=1, throughput_queries=2, throughput_steps=1, ft_tasks=1,
         latency_warmup=1, recompute_max_depth=24, depth_repeats=2, lr_lora=1e-4, lr_prefix=1e-3),
+    # the main model of recipes/tiny_hart_llama.json: a tiny random Llama (no fusion-in-decoder: no cross-attention)
+    "tiny-llama": SizePreset(
+        "tiny-llama",
+        t5=dict(architecture="llama", d_model=64, d_kv=16, d_ff=128, num_layers=4, num_heads=4, num_key_value_heads=2),
+        data=dict(num_positive=4, max_demo_length=64, max_input_length=32, max_target_length=16,
+                  include_definition=False, demo_style="compact"),
+        decoder_layers=2, prefix_length=8, fusion=False),
 }
 
 
@@ -180,7 +187,11 @@ def _run_setup(config: BenchConfig) -> Setup:
     device = None if config.device == "auto" else resolve_device(config.device, "--device")
     assembled = load_final(run, device)
     method: HypernetMethod = assembled.method
-    preset = copy.deepcopy(SIZES["tiny" if method.main_model.config.d_model <= 512 else "t5-large"])
+    model_config = method.main_model.config
+    if getattr(model_config, "is_encoder_decoder", False):
+        preset = copy.deepcopy(SIZES["tiny" if model_config.d_model <= 512 else "t5-large"])
+    else:
+        preset = copy.deepcopy(SIZES["tiny-llama"])
     if recipe.peft.name.startswith("prefix"):
         preset.prefix_length = recipe.peft.params.get("length", preset.prefix_length)
     label = recipe_label(recipe)

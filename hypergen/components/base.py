@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import HypergenError
 from ..errors import RecipeError
+from ..models.backbones.base import Backbone, Context, MainModelShape
 
 
 TEMPORARY_ATTRIBUTE_PREFIX = "_hypergen_"
@@ -37,10 +38,10 @@ class GeneratedStates:
     """What a generator produced.
 
     ``states``: T x S x d_h, one sequence of S hidden states per task.
-    ``rows``: for each source ("encoder" or "decoder" side of the main model), a list with one entry per main-model
-    layer of that side, each the list of row indices of ``states`` that feed that layer. For HART, layer l of the
-    encoder reads row 2l and layer l of the decoder reads row 2l+1; for HyperTuning, every encoder layer reads rows
-    [0, p) and every decoder layer rows [p, 2p).
+    ``rows``: for each group of main-model layers (``MainModelShape.groups``: T5 "encoder" and "decoder", a causal
+    LM "layers"), a list with one entry per layer of that group, each the list of row indices of ``states`` that
+    feed that layer. For HART on T5, encoder layer l reads row 2l and decoder layer l row 2l+1; for HyperTuning on
+    T5, every encoder layer reads rows [0, p) and every decoder layer rows [p, 2p).
     ``attentions``: optional T x heads x S x S self-attention of the generator's last layer (for analysis plots).
     """
 
@@ -53,8 +54,8 @@ class GeneratedStates:
 class SlotGroup:
     """A group of parameter slots a PEFT target needs: one ``rows x width`` matrix per layer, per example.
 
-    ``name`` e.g. "encoder.key"; ``source`` is the side of the main model whose generated states feed it
-    ("encoder" or "decoder"); ``num_layers`` is how many layers carry the slot.
+    ``name`` e.g. "encoder.key"; ``source`` is the group of main-model layers whose generated states feed it
+    ("encoder" or "decoder" of a T5, "layers" of a causal LM); ``num_layers`` is how many layers carry the slot.
     """
 
     name: str
@@ -64,22 +65,12 @@ class SlotGroup:
     width: int
 
 
-@dataclass(frozen=True)
-class MainModelShape:
-    """What a generator needs to know of the main model: layer counts of each side."""
-
-    num_encoder_layers: int
-    num_decoder_layers: int
-
-    def layers(self, source: str) -> int:
-        return self.num_encoder_layers if source == "encoder" else self.num_decoder_layers
-
-
 class Generator(nn.Module, abc.ABC):
-    """Turns the hypernetwork encoder's output into a sequence of hidden states, laid out per main-model layer.
+    """Turns the encoded demos into a sequence of hidden states, laid out per main-model layer.
 
-    Owns its learnable input z. ``decoder`` is the hypernetwork's decoder (the first k layers of the main
-    model's decoder); it is set by the hypernetwork, not the recipe.
+    Owns its learnable input z. It runs the hypernetwork's layers only through the ``backbone`` contract
+    (:class:`hypergen.models.backbones.base.Backbone`: ``decode``, ``new_cache``), so one generator serves T5 and
+    causal LMs; the backbone is set by the hypernetwork, not the recipe.
 
     The contract: besides ``build`` and ``forward``, every generator declares two properties (a class attribute
     is enough). A subclass that leaves one out cannot be instantiated: the error names it and what it lacks.
@@ -109,10 +100,11 @@ class Generator(nn.Module, abc.ABC):
         """Whether the states are decoded step by step, each step fed the previous one's output."""
 
     @abc.abstractmethod
-    def forward(self, decoder: nn.Module, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
-                shape: MainModelShape, output_attentions: bool = False, checkpoint: bool = False) -> GeneratedStates:
-        """``encoder_states``: T x n_d x d_h; ``encoder_mask``: T x n_d (1 = token, 0 = padding); ``checkpoint``:
-        pass it on to ``run_decoder`` (recompute the decoder's activations in the backward pass)."""
+    def forward(self, backbone: Backbone, context: Context, shape: MainModelShape, output_attentions: bool = False,
+                checkpoint: bool = False) -> GeneratedStates:
+        """``context``: ``backbone.encode`` of T tasks' demos (``context.states``: T x n_d x d_h); ``shape``: the
+        main model's groups of layers to lay the states out for (``backbone.shape``, or fewer layers);
+        ``checkpoint``: pass it on to ``backbone.decode`` (recompute activations in the backward pass)."""
 
     @abc.abstractmethod
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:

@@ -1,7 +1,8 @@
 """Run the frozen main model with generated parameters: M(x; theta, phi), optionally with fusion-in-decoder.
 
-Fusion-in-decoder (appendix 6.1.3): the main decoder cross-attends to [e ; Enc_main(x)], the hypernetwork
-encoder's output prepended to the main encoder's output.
+How the main model reads the query and the answer is its family's (hypergen/models/backbones/): T5 encodes the
+query and decodes the answer (fusion-in-decoder, appendix 6.1.3: the main decoder cross-attends to [e ; Enc_main(x)],
+the hypernetwork encoder's output prepended to the main encoder's output); a causal LM reads [query ; answer].
 """
 
 from __future__ import annotations
@@ -9,32 +10,40 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from ..components.base import PEFTTarget
+from .backbones import family
+from .backbones.base import Context
 from .hypernet import TaskParameters
 
 
-def encode(main_model, per_example: TaskParameters | None, input_ids, attention_mask,
-           fusion: bool) -> tuple[BaseModelOutput, torch.Tensor]:
-    """Main encoder output B x (n_d +) n_x x d (with fusion, prefixed by the hypernetwork encoder's states) and its
-    mask B x (n_d +) n_x."""
-    states = main_model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    mask = attention_mask
-    if fusion and per_example is not None:
-        states = torch.cat([per_example.encoder_states.to(states.dtype), states], dim=1)
-        mask = torch.cat([per_example.encoder_mask.to(mask.dtype), mask], dim=1)
-    return BaseModelOutput(last_hidden_state=states), mask
+def fusion_context(per_example: TaskParameters | None, fusion: bool) -> Context | None:
+    """The encoded demos (one row per example) the main model fuses in, or None without fusion."""
+    if not fusion or per_example is None:
+        return None
+    return Context(per_example.encoder_states, per_example.encoder_mask)
+
+
+def main_forward(main_model, input_ids, attention_mask, labels, fusion_states: Context | None = None):
+    """The main model teacher-forced on ``labels`` (B x n_y, -100 = padding): ``.loss`` the mean CE over answer
+    tokens, ``.logits`` B x n_y x V (row t predicts answer token t)."""
+    return family(main_model).main_forward(main_model, fusion_states, input_ids, attention_mask, labels)
+
+
+def main_generate(main_model, input_ids, attention_mask, max_new_tokens: int, num_beams: int = 1,
+                  fusion_states: Context | None = None) -> torch.Tensor:
+    """Greedy (or beam) decoding: B x n_out new token ids."""
+    return family(main_model).main_generate(main_model, fusion_states, input_ids, attention_mask, max_new_tokens,
+                                            num_beams)
 
 
 def adapted_forward(main_model, target: PEFTTarget, per_example: TaskParameters, input_ids, attention_mask, labels,
-                    fusion: bool) -> Seq2SeqLMOutput:
+                    fusion: bool):
     """The main model teacher-forced on ``labels`` (B x n_y) with each example's generated parameters applied
     (``per_example``: one row per example). ``.loss`` is eq. 5's L_pred = CE(M(x; theta, phi), y), averaged over
     target tokens; ``.logits`` is B x n_y x V."""
     with target.applied(main_model, per_example.params):
-        encoder_outputs, mask = encode(main_model, per_example, input_ids, attention_mask, fusion)
-        return main_model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels)
+        return main_forward(main_model, input_ids, attention_mask, labels, fusion_context(per_example, fusion))
 
 
 @torch.no_grad()
@@ -44,7 +53,5 @@ def adapted_generate(main_model, target: PEFTTarget, per_example: TaskParameters
     params = per_example.params if per_example is not None else {}
     context = target.applied(main_model, params) if per_example is not None else nullcontext()
     with context:
-        encoder_outputs, mask = encode(main_model, per_example, input_ids, attention_mask, fusion)
-        return main_model.generate(encoder_outputs=encoder_outputs, attention_mask=mask,
-                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
-
+        return main_generate(main_model, input_ids, attention_mask, max_new_tokens, num_beams,
+                             fusion_context(per_example, fusion))

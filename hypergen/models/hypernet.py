@@ -1,22 +1,23 @@
-"""The hypernetwork H(d; xi): encoder + first k decoder layers of the main model, a generator and a projector.
+"""The hypernetwork H(d; xi): a backbone copied from the main model, a generator and a projector.
 
-    e      = Enc_hyper(d)            T x n_d x d_h       (d: the demos of T tasks)
-    states = generator(H_dec, e)     T x S x d_h
-    phi    = projector(states)       {group: T x L_g x rows x width}
+    e      = backbone.encode(d)            T x n_d x d_h       (d: the demos of T tasks)
+    states = generator(backbone, e)        T x S x d_h
+    phi    = projector(states)             {group: T x L_g x rows x width}
 
-Initialised from the main model (appendix 6.1.1): the encoder is a copy of the main encoder, the decoder a copy of
-its first k layers; z and the MLP heads start random.
+Initialised from the main model (appendix 6.1.1): for T5 the encoder is a copy of the main encoder and the decoder
+a copy of its first k layers; for a causal LM a copy of its first k layers and final norm (see
+hypergen/models/backbones/); z and the MLP heads start random.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..components.base import GeneratedStates, Generator, MainModelShape, Projector, SlotGroup
+from ..components.base import GeneratedStates, Generator, Projector, SlotGroup
+from .backbones import make_backbone
 
 
 @dataclass
@@ -24,7 +25,7 @@ class TaskParameters:
     """The output of one hypernetwork pass over T tasks' demos."""
 
     params: dict[str, torch.Tensor]   # {group: T x L_g x rows x width}
-    encoder_states: torch.Tensor      # T x n_d x d_h (for fusion-in-decoder)
+    encoder_states: torch.Tensor      # T x n_d x d_h: the encoded demos (for fusion-in-decoder)
     encoder_mask: torch.Tensor        # T x n_d
     generated: GeneratedStates        # states T x S x d_h
 
@@ -42,33 +43,15 @@ class TaskParameters:
                               self.encoder_mask, self.generated)
 
 
-def main_model_shape(main_model: nn.Module) -> MainModelShape:
-    config = main_model.config
-    return MainModelShape(config.num_layers, getattr(config, "num_decoder_layers", None) or config.num_layers)
-
-
 class HyperNetwork(nn.Module):
     def __init__(self, main_model: nn.Module, generator: Generator, projector: Projector, groups: list[SlotGroup],
                  decoder_layers: int, init_from_main: bool = True) -> None:
         super().__init__()
-        self.shape = main_model_shape(main_model)
-        if decoder_layers > len(main_model.decoder.block):
-            raise ValueError(f"hypernetwork.decoder_layers: {decoder_layers} exceeds the main model's "
-                             f"{len(main_model.decoder.block)} decoder layers")
-        self.encoder = copy.deepcopy(main_model.encoder)
-        self.decoder = copy.deepcopy(main_model.decoder)
-        self.decoder.block = nn.ModuleList(list(self.decoder.block)[:decoder_layers])
-        self.decoder.embed_tokens = None  # the generator feeds z and states as embeddings
-        for stack in (self.encoder, self.decoder):
-            stack.config = copy.deepcopy(stack.config)
-            stack.config._attn_implementation = "eager"
-            for module in stack.modules():
-                if hasattr(module, "config") and module is not stack:
-                    module.config = stack.config
-        if not init_from_main:
-            self.encoder.apply(main_model._init_weights)
-            self.decoder.apply(main_model._init_weights)
-        self.d_model = main_model.config.d_model
+        self.backbone = make_backbone(main_model, decoder_layers, init_from_main)
+        for name, module in self.backbone.modules.items():  # "encoder", "decoder": the state-dict prefixes
+            self.add_module(name, module)
+        self.shape = self.backbone.shape
+        self.d_model = self.backbone.d_model
         prefix_rows = max(g.rows for g in groups) if groups else 1
         self.generator = generator
         self.generator.build(self.d_model, self.shape, prefix_rows)
@@ -83,7 +66,7 @@ class HyperNetwork(nn.Module):
     def forward(self, demo_ids: torch.Tensor, demo_mask: torch.Tensor,
                 output_attentions: bool = False) -> TaskParameters:
         """``demo_ids``, ``demo_mask``: T x n_d token ids of each task's demos."""
-        encoder_states = self.encoder(input_ids=demo_ids, attention_mask=demo_mask).last_hidden_state  # T x n_d x d_h
-        generated = self.generator(self.decoder, encoder_states, demo_mask, self.shape,
-                                   output_attentions=output_attentions, checkpoint=self.checkpoint_decoder)
-        return TaskParameters(self.projector(generated), encoder_states, demo_mask, generated)
+        context = self.backbone.encode(demo_ids, demo_mask)  # context.states: T x n_d x d_h
+        generated = self.generator(self.backbone, context, self.shape, output_attentions=output_attentions,
+                                   checkpoint=self.checkpoint_decoder)
+        return TaskParameters(self.projector(generated), context.states, context.mask, generated)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..components.base import TEMPORARY_ATTRIBUTE_PREFIX
+from ..models.backbones import family
 
 _WRAPPED = f"{TEMPORARY_ATTRIBUTE_PREFIX}checkpoint_wrapped"
 
@@ -34,8 +35,9 @@ def enable_gradient_checkpointing(method, hypernetwork: bool, main_model: bool) 
     """Switch checkpointing on for the parts asked; return the parts switched on (for logging)."""
     done = []
     module = method.module
-    if hypernetwork and hasattr(module, "encoder") and module is not method.main_model:
-        module.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hypernetwork and hasattr(module, "backbone") and module is not method.main_model:
+        if hasattr(module, "encoder"):  # T5's hypernetwork encoder (a causal LM's demos run through decode's layers)
+            module.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module.checkpoint_decoder = True
         done.append("hypernetwork")
     if main_model:
@@ -43,9 +45,8 @@ def enable_gradient_checkpointing(method, hypernetwork: bool, main_model: bool) 
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             module.config.use_cache = False
         else:
-            for stack in (method.main_model.encoder, method.main_model.decoder):
-                for block in stack.block:
-                    wrap_block(block)
+            for block in family(method.main_model).main_layers(method.main_model):
+                wrap_block(block)
         done.append("main_model")
     return done
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..components.base import PEFTTarget, Regularizer
 from ..data.collate import Batch
-from ..models.adapted import adapted_forward, adapted_generate
+from ..models.adapted import adapted_forward, adapted_generate, main_forward, main_generate
 from ..models.hypernet import HyperNetwork, TaskParameters
 from ..registry import registry
 
@@ -91,7 +91,7 @@ class FinetuneMethod:
             parameter.requires_grad_(True)
 
     def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        loss = main_forward(self.module, batch.input_ids, batch.attention_mask, batch.labels).loss
         return loss, {"loss": float(loss.detach())}
 
     def adapt(self, batch: Batch) -> None:
@@ -99,14 +99,13 @@ class FinetuneMethod:
 
     @torch.no_grad()
     def generate(self, batch: Batch, adapted: None) -> torch.Tensor:
-        return self.module.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                    max_new_tokens=self.eval_cfg.max_new_tokens, num_beams=self.eval_cfg.num_beams,
-                                    do_sample=False)
+        return main_generate(self.module, batch.input_ids, batch.attention_mask, self.eval_cfg.max_new_tokens,
+                             self.eval_cfg.num_beams)
 
     @torch.no_grad()
     def score(self, batch: Batch, adapted: None) -> torch.Tensor:
         """log p(labels | input) per example (B,)."""
-        logits = self.module(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).logits
+        logits = main_forward(self.module, batch.input_ids, batch.attention_mask, batch.labels).logits
         return sequence_log_likelihood(logits, batch.labels)
 
     def train(self) -> None:

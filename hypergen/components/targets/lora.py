@@ -1,11 +1,15 @@
-"""LoRA on a T5 main model: generated per-example low-rank updates of the attention projections.
+"""LoRA on a T5 or causal main model: generated per-example low-rank updates of chosen projections.
 
-For each adapted projection ``W`` (an ``nn.Linear`` of d_in -> d_out: ``q``, ``k``, ``v`` or ``o`` of the
-encoder/decoder self-attention or of the decoder cross-attention ``EncDecAttention``) and each example b::
+For each adapted projection ``W`` (an ``nn.Linear`` of d_in -> d_out: on T5 ``q``, ``k``, ``v`` or ``o`` of the
+encoder/decoder self-attention or of the decoder cross-attention ``EncDecAttention``; on a causal LM peft's
+``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj`` of every layer) and each
+example b::
 
     y_b = W x_b + (alpha / r) * B_b (A_b x_b)        A_b: r x d_in,  B_b: d_out x r
 
-Slot groups, per side, attention and projection, e.g. ``"encoder.self.q.A"`` and ``"encoder.self.q.B"``:
+Which projections exist is the main model's backbone family's to say (``lora_sites`` in hypergen/models/backbones/).
+Slot groups, per side, attention and projection, e.g. ``"encoder.self.q.A"`` and ``"encoder.self.q.B"`` (a causal
+LM: per projection, ``"layers.q_proj.A"``):
 ``num_layers`` (that side's layer count) x ``rank`` rows x width. The A group has width d_in; the B group has width
 d_out and holds **B transposed** (r x d_out), so both are "r rows" and the generic projector serves them (HART
 feeds one state row per layer and the projector's Linear1 expands it to r rows). For T5's q/k/v, d_in = d_model
@@ -16,12 +20,14 @@ Adapter folder (``adapter_format = "lora"``: peft's format, loadable with
 ``peft.PeftModel.from_pretrained(main_model, FOLDER)``)::
 
     FOLDER/adapter_config.json        peft's LoraConfig (``LoraConfig.to_dict()``): r, lora_alpha, target_modules (a
-                                      regex matching exactly the adapted projections), task_type SEQ_2_SEQ_LM, ...
+                                      regex matching exactly the adapted projections), task_type SEQ_2_SEQ_LM
+                                      (CAUSAL_LM for a causal LM), ...
     FOLDER/adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r x d_in) and .lora_B.weight
                                       (d_out x r), e.g. base_model.model.encoder.block.0.layer.0.SelfAttention.q.*
                                       (peft drops the adapter name "default" from the saved keys)
 
-:meth:`LoraTarget.load` reads such a folder (also one written by peft itself for a T5) without peft.
+:meth:`LoraTarget.load` reads such a folder (also one written by peft itself for a T5) without peft; for a causal
+LM only ``peft.PeftModel.from_pretrained`` reads it for now.
 
 Mechanism: :meth:`LoraTarget.prepare` registers a forward hook on each chosen ``nn.Linear``. Outside
 :meth:`LoraTarget.applied` the hook returns ``None``, so the model is exactly the stock model. Inside, each Linear
@@ -43,6 +49,8 @@ from torch import nn
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
+from ...models.backbones import causal, family, t5
+from ...models.backbones.base import LinearSite
 from ...registry import registry
 from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
@@ -50,9 +58,9 @@ _SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora_site"  # on a hooked Linear: (side, a
 _HOOK = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora_hook"  # the hook's handle (prepare is idempotent)
 _LORA = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora"  # (A: P x r x d_in, B^T: P x r x d_out, scale), while applied
 
-PROJECTIONS = ("q", "k", "v", "o")
-ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a T5 block, name
-SIDES = ("encoder", "decoder")
+PROJECTIONS = (*t5.LORA_PROJECTIONS, *causal.LORA_PROJECTIONS)  # any family's; the family checks its own
+ATTENTIONS = t5.LORA_ATTENTIONS
+SIDES = t5.LORA_SIDES
 
 LORA_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -74,12 +82,6 @@ def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Te
     low = torch.einsum("bnd,brd->bnr", flat, a.to(x.dtype))
     delta = torch.einsum("bnr,bro->bno", low, bt.to(x.dtype)) * scale
     return output + delta.reshape(output.shape).to(output.dtype)
-
-
-def module_path(side: str, layer: int, attention: str, projection: str) -> str:
-    """The dotted name of a projection inside a T5ForConditionalGeneration, e.g. ``encoder.block.0.layer.0.SelfAttention.q``."""
-    index, name = ATTENTIONS[attention]
-    return f"{side}.block.{layer}.layer.{index}.{name}.{projection}"
 
 
 @registry.peft_targets.register("lora.v1")
@@ -108,65 +110,56 @@ class LoraTarget(PEFTTarget):
         self.targets = tuple(dict.fromkeys(targets))
         self.attention = tuple(dict.fromkeys(attention))
         self.sides = tuple(dict.fromkeys(sides))
-        if not self._combos():
+        if self.sides == ("encoder",) and self.attention == ("cross",):
             raise ValueError("cross-attention exists only in the decoder; with sides=['encoder'] choose 'self'")
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def _combos(self) -> list[tuple[str, str]]:
-        """(side, attention) pairs that exist: the encoder has no cross-attention."""
-        return [(side, att) for side in self.sides for att in self.attention if not (side == "encoder" and att == "cross")]
-
-    def sites(self, main_model: nn.Module) -> Iterator[tuple[str, str, str, int, nn.Linear]]:
-        """(side, attention, projection, layer, Linear) for every adapted projection, in slot-group order."""
-        for side, att in self._combos():
-            stack = getattr(main_model, side, None)
-            if stack is None:
-                continue
-            index, name = ATTENTIONS[att]
-            for projection in self.targets:
-                for layer, block in enumerate(stack.block):
-                    yield side, att, projection, layer, getattr(getattr(block.layer[index], name), projection)
+    def sites(self, main_model: nn.Module) -> list[tuple[LinearSite, nn.Linear]]:
+        """(site, Linear) for every adapted projection, in slot-group order (its family's ``lora_sites``)."""
+        try:
+            return family(main_model).lora_sites(main_model, self.targets, self.attention, self.sides)
+        except ValueError as exc:
+            raise HypergenError(f"peft.{exc}") from None
 
     def slot_groups(self, main_model: nn.Module) -> list[SlotGroup]:
-        groups = []
-        for side, att in self._combos():
-            stack = getattr(main_model, side)
-            index, name = ATTENTIONS[att]
-            for projection in self.targets:
-                linear = getattr(getattr(stack.block[0].layer[index], name), projection)
-                prefix = f"{side}.{att}.{projection}"
-                groups.append(SlotGroup(f"{prefix}.A", side, len(stack.block), self.rank, linear.in_features))
-                groups.append(SlotGroup(f"{prefix}.B", side, len(stack.block), self.rank, linear.out_features))
-        return groups
+        groups: dict[str, SlotGroup] = {}
+        layers: dict[str, int] = {}
+        for site, linear in self.sites(main_model):
+            layers[site.group] = layers.get(site.group, 0) + 1
+            groups[f"{site.group}.A"] = SlotGroup(f"{site.group}.A", site.source, layers[site.group], self.rank,
+                                                  linear.in_features)
+            groups[f"{site.group}.B"] = SlotGroup(f"{site.group}.B", site.source, layers[site.group], self.rank,
+                                                  linear.out_features)
+        return list(groups.values())
 
     def prepare(self, main_model: nn.Module) -> None:
         """Hook every chosen projection once (idempotent); the hook is inert outside :meth:`applied`."""
-        for side, att, projection, layer, linear in self.sites(main_model):
+        for site, linear in self.sites(main_model):
             if not isinstance(linear, nn.Linear):
-                raise RuntimeError(f"{module_path(side, layer, att, projection)} is {type(linear).__name__}, "
-                                   "not nn.Linear")
+                raise RuntimeError(f"{site.path} is {type(linear).__name__}, not nn.Linear")
             if getattr(linear, _HOOK, None) is None:
                 setattr(linear, _HOOK, linear.register_forward_hook(_lora_hook))
-            setattr(linear, _SITE, (side, att, projection, layer))
+            setattr(linear, _SITE, site)
 
     @contextmanager
     def applied(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[None]:
-        """Inside the block, projection p of attention a, layer l, side s adds ``scale * B (A x)`` per example,
-        with ``A = params["s.a.p.A"][:, l]`` (B x r x d_in) and ``B^T = params["s.a.p.B"][:, l]`` (B x r x d_out).
+        """Inside the block, the projection of site group g, layer l adds ``scale * B (A x)`` per example, with
+        ``A = params["g.A"][:, l]`` (B x r x d_in) and ``B^T = params["g.B"][:, l]`` (B x r x d_out), e.g. g =
+        "encoder.self.q" (T5) or "layers.q_proj" (causal LM).
 
         On exit (also on an exception) the previous state of each Linear is restored.
         """
         saved: list[tuple[nn.Module, Any]] = []
         try:
-            for side, att, projection, layer, linear in self.sites(main_model):
-                if getattr(linear, _SITE, None) != (side, att, projection, layer):
+            for site, linear in self.sites(main_model):
+                if getattr(linear, _SITE, None) != site:
                     raise RuntimeError("call LoraTarget.prepare(main_model) before applied()")
-                prefix = f"{side}.{att}.{projection}"
                 saved.append((linear, getattr(linear, _LORA, None)))
-                setattr(linear, _LORA, (params[f"{prefix}.A"][:, layer], params[f"{prefix}.B"][:, layer], self.scale))
+                setattr(linear, _LORA, (params[f"{site.group}.A"][:, site.layer], params[f"{site.group}.B"][:, site.layer],
+                                        self.scale))
             yield
         finally:
             for linear, previous in reversed(saved):
@@ -178,14 +171,11 @@ class LoraTarget(PEFTTarget):
 
     # ------------------------------------------------------------------------------ adapter folder (peft's format)
 
-    def peft_target_modules(self) -> str:
+    def peft_target_modules(self, main_model: nn.Module) -> str:
         """A regex (peft full-matches a string ``target_modules`` against module names) naming exactly the adapted
-        projections, e.g. ``(?:encoder\\.block\\.\\d+\\.layer\\.0\\.SelfAttention|...)\\.(?:q|v)``."""
-        stacks = []
-        for side, att in self._combos():
-            index, name = ATTENTIONS[att]
-            stacks.append(rf"{side}\.block\.\d+\.layer\.{index}\.{name}")
-        return rf"(?:{'|'.join(stacks)})\.(?:{'|'.join(self.targets)})"
+        projections, e.g. ``(?:encoder\\.block\\.\\d+\\.layer\\.0\\.SelfAttention\\.q|...)``."""
+        templates = dict.fromkeys(site.path_template for site, _ in self.sites(main_model))
+        return "(?:" + "|".join(re.escape(t).replace(re.escape("{layer}"), r"\d+") for t in templates) + ")"
 
     def peft_state_dict(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One task's ``params`` ({group: num_layers x r x width}) under peft's saved key names.
@@ -194,11 +184,10 @@ class LoraTarget(PEFTTarget):
         (d_out x r), so peft computes ``lora_B(lora_A(x)) * lora_alpha / r``, exactly this target's update.
         """
         state = {}
-        for side, att, projection, layer, _ in self.sites(main_model):
-            group = f"{side}.{att}.{projection}"
-            name = PEFT_PREFIX + module_path(side, layer, att, projection)
-            state[f"{name}.lora_A.weight"] = params[f"{group}.A"][layer].detach().float().contiguous()
-            state[f"{name}.lora_B.weight"] = params[f"{group}.B"][layer].detach().float().t().contiguous()
+        for site, _ in self.sites(main_model):
+            name = PEFT_PREFIX + site.path
+            state[f"{name}.lora_A.weight"] = params[f"{site.group}.A"][site.layer].detach().float().contiguous()
+            state[f"{name}.lora_B.weight"] = params[f"{site.group}.B"][site.layer].detach().float().t().contiguous()
         return state
 
     def export(self, folder: Path, params: dict[str, torch.Tensor], main_model: nn.Module,
@@ -209,8 +198,9 @@ class LoraTarget(PEFTTarget):
 
         atomic_save_tensors(Path(folder) / LORA_WEIGHTS, self.peft_state_dict(main_model, params),
                             metadata={"format": "pt"})
-        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.peft_target_modules(),
-                            lora_dropout=0.0, bias="none", task_type="SEQ_2_SEQ_LM", inference_mode=True,
+        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.peft_target_modules(main_model),
+                            lora_dropout=0.0, bias="none", task_type=family(main_model).PEFT_TASK_TYPE,
+                            inference_mode=True,
                             base_model_name_or_path=base_model_name_or_path)
         return {key: list(value) if isinstance(value, set) else value for key, value in config.to_dict().items()}
 
@@ -220,6 +210,9 @@ class LoraTarget(PEFTTarget):
         """Rebuild the target and its parameters ({group: 1 x L x r x width}) from a peft LoRA folder, checking that
         it fits ``main_model``: every layer of each adapted projection, with matching widths."""
         config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / LORA_WEIGHTS
+        if family(main_model) is not t5:
+            raise HypergenError(f"{folder}: hypergen reads LoRA folders of T5 main models only, for now; load this "
+                                "one with peft.PeftModel.from_pretrained")
         for key, supported in (("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False)):
             if config.get(key, supported) != supported:
                 raise HypergenError(f"{config_file}: {key}={config[key]!r} is not supported (hypergen applies plain "
@@ -237,7 +230,8 @@ class LoraTarget(PEFTTarget):
             target = cls(rank=rank, alpha=float(alpha), targets=targets, attention=attention, sides=sides)
         except ValueError as exc:
             raise HypergenError(f"{weights}: {exc}") from None
-        expected = {(side, att, p) for side, att in target._combos() for p in target.targets}
+        sites = target.sites(main_model)
+        expected = {tuple(site.group.split(".")) for site, _ in sites}
         if set(found) != expected:
             raise HypergenError(f"{weights}: adapts {sorted(found)}, which is not every projection of "
                                 f"{sorted(expected)}; hypergen needs the same projections on each side")
@@ -248,9 +242,9 @@ class LoraTarget(PEFTTarget):
                                     f"{projection}, but the main model has {layer_counts[side]} {side} layers "
                                     "(an adapter from another main model?)")
         params: dict[str, list[torch.Tensor]] = {}
-        for side, att, projection, layer, linear in target.sites(main_model):
-            pair = found[(side, att, projection)][layer]
-            name = module_path(side, layer, att, projection)
+        for site, linear in sites:
+            pair = found[tuple(site.group.split("."))][site.layer]
+            name = site.path
             if set(pair) != {"A", "B"}:
                 raise HypergenError(f"{weights}: {name} lacks lora_{'B' if 'A' in pair else 'A'}.weight")
             a, b = pair["A"], pair["B"]
@@ -258,9 +252,8 @@ class LoraTarget(PEFTTarget):
             if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
                 raise HypergenError(f"{weights}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, but "
                                     f"the main model needs {want_a} and {want_b} (an adapter from another main model?)")
-            group = f"{side}.{att}.{projection}"
-            params.setdefault(f"{group}.A", []).append(a)
-            params.setdefault(f"{group}.B", []).append(b.t())
+            params.setdefault(f"{site.group}.A", []).append(a)
+            params.setdefault(f"{site.group}.B", []).append(b.t())
         return target, {g: torch.stack(v)[None] for g, v in params.items()}
 
 

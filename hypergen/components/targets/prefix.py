@@ -1,9 +1,11 @@
-"""Prefix tuning of a T5 main model: generated per-example key/value prefixes for every self-attention layer.
+"""Prefix tuning: generated per-example key/value prefixes for every self-attention layer of a T5 or causal LM.
 
 Convention: the ``p`` prefix keys are prepended to each self-attention layer's keys (and the prefix values to its
-values). Prefix keys get ZERO relative-position bias and are visible to every query (encoder and decoder alike);
-real tokens keep their T5 bias, their padding mask and, in the decoder, their causal mask. Cross-attention
-(``EncDecAttention``) never gets a prefix.
+values). Prefix keys get ZERO relative-position bias (T5) or no rotary embedding (a causal LM: they are generated
+in the rotated key space, at no position) and are visible to every query (encoder and decoder alike); real tokens
+keep their T5 bias or rotary positions, their padding mask and, in a decoder, their causal mask. Cross-attention
+(``EncDecAttention``) never gets a prefix. Which modules exist, and the attention the prefix is prepended in, are
+the backbone family's (``prefix_sites``, ``PREFIX_ATTENTION`` in hypergen/models/backbones/).
 
 Mechanism: :meth:`PrefixTarget.prepare` registers the attention function :func:`prefix_attention_forward` under
 the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix it is
@@ -13,11 +15,13 @@ a cache and beam search work (a prefix batch of B is ``repeat_interleave``-d to 
 
 Adapter folder (``adapter_format = "prefix"``, hypergen's own)::
 
-    FOLDER/adapter_config.json        {"hypergen_adapter": "prefix", "length", "encoder", "decoder", "num_layers",
-                                      "num_decoder_layers", "num_heads", "d_kv", "d_model",
-                                      "base_model_name_or_path", "fusion_in_decoder"}
+    FOLDER/adapter_config.json        {"hypergen_adapter": "prefix", "length", "encoder", "decoder", the main
+                                      model's shape (T5: "num_layers", "num_decoder_layers", "num_heads", "d_kv",
+                                      "d_model"; a causal LM: "num_hidden_layers", "num_key_value_heads",
+                                      "head_dim", "hidden_size"), "base_model_name_or_path", "fusion_in_decoder"}
     FOLDER/prefix.safetensors         "encoder.key", "encoder.value", "decoder.key", "decoder.value" (the sides it
-                                      prefixes): num_layers x length x (num_heads * d_kv)
+                                      prefixes; a causal LM: "layers.key", "layers.value"):
+                                      num_layers x length x (heads * head width)
 """
 
 from __future__ import annotations
@@ -30,18 +34,18 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
-from transformers.models.t5.modeling_t5 import eager_attention_forward
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
+from ...models.backbones import family
 from ...registry import registry
 from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
 ATTN_IMPLEMENTATION = "hypergen_prefix"
 _SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_site"  # on a tagged SelfAttention module: (side, layer index)
 _PREFIX = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix"  # (keys, values), each B x n_heads x p x d_kv, while applied
+_ATTENTION = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_attention"  # the family's eager attention, set by prepare
 PREFIX_WEIGHTS = "prefix.safetensors"
-_MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # T5Config fields it must match
 
 
 def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -67,7 +71,7 @@ def prefix_attention_forward(
     position_bias: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 eager attention, with the module's prefix (if any) prepended to ``key``/``value``.
+    """The family's eager attention, with the module's prefix (if any) prepended to ``key``/``value``.
 
     ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv (from the cache in the decoder);
     ``position_bias``: (1 or B) x H x q_len x k_len; ``attention_mask``: additive float or boolean
@@ -87,9 +91,10 @@ def prefix_attention_forward(
         attention_mask = _extend_mask(attention_mask, p, query.dtype)
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = _extend_mask(attention_mask, 0, query.dtype)
-    return eager_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, position_bias=position_bias
-    )
+    if position_bias is not None:  # T5's relative bias; a causal LM's attention takes none
+        kwargs["position_bias"] = position_bias
+    return getattr(module, _ATTENTION)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                       **kwargs)
 
 
 _registered = False
@@ -107,21 +112,12 @@ def _register_attention() -> None:
         _registered = True
 
 
-def _self_attentions(main_model: nn.Module) -> Iterator[tuple[str, int, nn.Module]]:
-    """(side, layer index, ``SelfAttention`` module) for every self-attention layer of a T5 model."""
-    for side in ("encoder", "decoder"):
-        stack = getattr(main_model, side, None)
-        if stack is None:
-            continue
-        for i, block in enumerate(stack.block):
-            yield side, i, block.layer[0].SelfAttention
-
-
 @registry.peft_targets.register("prefix.v1")
 class PrefixTarget(PEFTTarget):
     """Per-example key/value prefixes of ``length`` rows for the encoder and/or decoder self-attention layers.
 
-    Slot groups ``"{side}.key"`` / ``"{side}.value"``: num_layers x length x (num_heads * d_kv) per example.
+    Slot groups ``"{side}.key"`` / ``"{side}.value"``: num_layers x length x (num_heads * d_kv) per example (a
+    causal LM: ``"layers.key"``/``"layers.value"``, switched by ``decoder``, width key/value heads x head width).
     """
 
     adapter_format = "prefix"
@@ -133,46 +129,46 @@ class PrefixTarget(PEFTTarget):
         self.encoder = encoder
         self.decoder = decoder
 
-    def _sides(self) -> list[str]:
-        return [side for side, on in (("encoder", self.encoder), ("decoder", self.decoder)) if on]
+    def sites(self, main_model: nn.Module) -> list[tuple[str, int, nn.Module, int, int]]:
+        """(group, layer, attention module, heads, head width) of every prefixed layer (the family's answer)."""
+        return family(main_model).prefix_sites(main_model, self.encoder, self.decoder)
 
     def slot_groups(self, main_model: nn.Module) -> list[SlotGroup]:
-        config = main_model.config
-        width = config.num_heads * config.d_kv
-        layers = {"encoder": config.num_layers, "decoder": config.num_decoder_layers}
-        return [
-            SlotGroup(f"{side}.{kind}", side, layers[side], self.length, width)
-            for side in self._sides()
-            for kind in ("key", "value")
-        ]
+        layers: dict[str, int] = {}
+        widths: dict[str, int] = {}
+        for group, _, _, heads, head_dim in self.sites(main_model):
+            layers[group] = layers.get(group, 0) + 1
+            widths[group] = heads * head_dim
+        return [SlotGroup(f"{group}.{kind}", group, count, self.length, widths[group])
+                for group, count in layers.items() for kind in ("key", "value")]
 
     def prepare(self, main_model: nn.Module) -> None:
         """Switch every (sub)config of ``main_model`` to ``"hypergen_prefix"`` and tag the self-attention modules."""
         _register_attention()
         if main_model.config._attn_implementation != ATTN_IMPLEMENTATION:
             main_model.set_attn_implementation(ATTN_IMPLEMENTATION)  # also reaches the encoder/decoder configs
-        for side, i, attention in _self_attentions(main_model):
+        models_family = family(main_model)
+        for attention in models_family.attention_modules(main_model):  # cross-attention too: it runs the function
+            setattr(attention, _ATTENTION, models_family.PREFIX_ATTENTION)
+        for group, i, attention, _, _ in self.sites(main_model):
             if attention.config._attn_implementation != ATTN_IMPLEMENTATION:
-                raise RuntimeError(f"{side} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")
-            setattr(attention, _SITE, (side, i))
+                raise RuntimeError(f"{group} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")
+            setattr(attention, _SITE, (group, i))
 
     @contextmanager
     def applied(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[None]:
-        """Inside the block, self-attention layer l of side s uses ``params[f"{s}.key"][:, l]`` / ``.value``.
+        """Inside the block, self-attention layer l of group g uses ``params[f"{g}.key"][:, l]`` / ``.value``.
 
-        ``params[g]``: B x num_layers x length x (num_heads * d_kv); stored per layer as B x num_heads x length x
-        d_kv. On exit (also on an exception) the previous state of each module is restored.
+        ``params[g]``: B x num_layers x length x (heads * head width); stored per layer as B x heads x length x
+        head width. On exit (also on an exception) the previous state of each module is restored.
         """
-        sides = set(self._sides())
         saved: list[tuple[nn.Module, Any]] = []
         try:
-            for side, i, attention in _self_attentions(main_model):
-                if getattr(attention, _SITE, None) != (side, i):
+            for group, i, attention, heads, head_dim in self.sites(main_model):
+                if getattr(attention, _SITE, None) != (group, i):
                     raise RuntimeError("call PrefixTarget.prepare(main_model) before applied()")
-                if side not in sides:
-                    continue
-                keys, values = params[f"{side}.key"], params[f"{side}.value"]
-                shape = (keys.shape[0], keys.shape[2], attention.n_heads, attention.key_value_proj_dim)
+                keys, values = params[f"{group}.key"], params[f"{group}.value"]
+                shape = (keys.shape[0], keys.shape[2], heads, head_dim)
                 saved.append((attention, getattr(attention, _PREFIX, None)))
                 setattr(attention, _PREFIX, (keys[:, i].reshape(shape).transpose(1, 2),
                                              values[:, i].reshape(shape).transpose(1, 2)))
@@ -194,7 +190,7 @@ class PrefixTarget(PEFTTarget):
         atomic_save_tensors(Path(folder) / PREFIX_WEIGHTS, {g: params[g].detach().float() for g in groups})
         config = main_model.config
         return {"hypergen_adapter": "prefix", "length": self.length, "encoder": self.encoder, "decoder": self.decoder,
-                **{key: getattr(config, key) for key in _MODEL_FIELDS},
+                **{key: getattr(config, key) for key in family(main_model).PREFIX_MODEL_FIELDS},
                 "base_model_name_or_path": base_model_name_or_path, "fusion_in_decoder": fusion_in_decoder}
 
     @classmethod
@@ -204,7 +200,7 @@ class PrefixTarget(PEFTTarget):
         present. A config or tensor that does not fit ``main_model`` raises an error naming the file."""
         config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / PREFIX_WEIGHTS
         model_config = main_model.config
-        for key in _MODEL_FIELDS:
+        for key in family(main_model).PREFIX_MODEL_FIELDS:
             if key not in config:
                 raise HypergenError(f"{config_file}: field {key!r} is missing")
             if config[key] != getattr(model_config, key):
@@ -215,7 +211,8 @@ class PrefixTarget(PEFTTarget):
         if not isinstance(length, int) or length < 0:
             raise HypergenError(f"{config_file}: 'length' must be a non-negative integer, got {length!r}")
         state = read_safetensors(weights, "prefix adapter weights")
-        target = cls(length=length, encoder="encoder.key" in state, decoder="decoder.key" in state)
+        target = cls(length=length, encoder="encoder.key" in state,
+                     decoder="decoder.key" in state or "layers.key" in state)
         groups = target.slot_groups(main_model)
         if not groups or set(state) != {g.name for g in groups}:
             raise HypergenError(f"{weights}: holds {sorted(state)}; expected encoder/decoder key/value prefixes")

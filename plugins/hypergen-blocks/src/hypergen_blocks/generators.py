@@ -1,13 +1,14 @@
 """``blockwise.v1``: HART's autoregressive generator, one block of main-model layers per decoding step.
 
-With b = ``block_size``, z is 2b learnable tokens and step s (s = 0 .. ceil(L/b) - 1) decodes 2b tokens fed the
-previous step's 2b output tokens (z at the first step); token 2j of step s feeds encoder layer l = s*b + j and
-token 2j+1 feeds decoder layer l. The tokens of a block see each other (bi-directionally) and every earlier step
+With b = ``block_size`` and G groups of main-model layers (T5: encoder, decoder; a causal LM: layers), z is G*b
+learnable tokens and step s (s = 0 .. ceil(L/b) - 1) decodes G*b tokens fed the previous step's G*b output tokens
+(z at the first step); token G*j + g of step s feeds layer l = s*b + j of group g (T5: token 2j encoder layer l,
+token 2j+1 decoder layer l). The tokens of a block see each other (bi-directionally) and every earlier step
 through the KV cache, exactly as in :class:`hypergen.components.generators.AutoregressiveGenerator`, which is the
 case b = 1. Larger blocks mean fewer sequential steps (L/b) at the price of less step-to-step conditioning.
 
-Output: states T x 2L x d_h with rows 2l and 2l+1 feeding encoder layer l and decoder layer l (when L is not a
-multiple of b, the surplus tokens of the last block are dropped).
+Output: states T x G*L x d_h, row G*l + g feeding layer l of group g (when L is not a multiple of b, the surplus
+tokens of the last block are dropped). Written against the backbone contract only, so it runs on T5 and causal LMs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import math
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from hypergen.components.base import GeneratedStates, Generator, MainModelShape
-from hypergen.components.generators import run_decoder
 from hypergen.errors import RecipeError
 
 
@@ -27,7 +26,7 @@ class BlockwiseGenerator(Generator):
     """Block-wise autoregressive generation: ``block_size`` main-model layers per decoding step."""
 
     autoregressive = True
-    rows_per_layer = 1  # token 2j of a step feeds encoder layer s*b + j, token 2j+1 decoder layer s*b + j
+    rows_per_layer = 1  # token G*j + g of step s feeds layer s*b + j of group g
 
     def __init__(self, block_size: int = 2, init_std: float = 1.0) -> None:
         super().__init__()
@@ -38,25 +37,20 @@ class BlockwiseGenerator(Generator):
         self.z: nn.Parameter | None = None
 
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
-        self.z = nn.Parameter(torch.randn(2 * self.block_size, d_model) * self.init_std)
+        self.z = nn.Parameter(torch.randn(len(shape.groups) * self.block_size, d_model) * self.init_std)
 
-    def forward(self, decoder, encoder_states, encoder_mask, shape, output_attentions=False,
-                checkpoint=False) -> GeneratedStates:
-        num_tasks = encoder_states.shape[0]
-        num_layers = max(shape.num_encoder_layers, shape.num_decoder_layers)
-        steps = math.ceil(num_layers / self.block_size)
-        step_input = decoder.dropout(self.z.to(encoder_states.dtype).expand(num_tasks, -1, -1))  # T x 2b x d_h
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    def forward(self, backbone, context, shape, output_attentions=False, checkpoint=False) -> GeneratedStates:
+        num_tasks, width = context.states.shape[0], len(shape.groups)
+        steps = math.ceil(shape.depth / self.block_size)
+        step_input = backbone.input_dropout(self.z.to(context.states.dtype).expand(num_tasks, -1, -1))  # T x G*b x d_h
+        cache = backbone.new_cache(context)
         outputs: list[torch.Tensor] = []
         attentions = None
         for _ in range(steps):
-            h, attentions = run_decoder(decoder, step_input, encoder_states, encoder_mask, cache=cache,
-                                        output_attentions=output_attentions, checkpoint=checkpoint)
+            h, attentions = backbone.decode(step_input, context, cache=cache, output_attentions=output_attentions,
+                                            checkpoint=checkpoint)
             outputs.append(h)
             step_input = h
-        states = torch.cat(outputs, dim=1)[:, : 2 * num_layers]  # T x 2L x d_h
-        rows = {
-            "encoder": [[2 * layer] for layer in range(shape.num_encoder_layers)],
-            "decoder": [[2 * layer + 1] for layer in range(shape.num_decoder_layers)],
-        }
+        states = torch.cat(outputs, dim=1)[:, : width * shape.depth]  # T x G*L x d_h
+        rows = {name: [[width * layer + g] for layer in range(count)] for g, (name, count) in enumerate(shape.groups)}
         return GeneratedStates(states, rows, attentions if output_attentions else None)

@@ -1,0 +1,205 @@
+"""The causal-LM backbone (Llama, Qwen2, Mistral, ...): the hypernetwork is the main model's first k layers plus
+its final norm, reading one causal sequence.
+
+    encode(demos)   run the demos through the k layers; keep each layer's keys/values (the demo cache)
+    decode(inputs)  continue the sequence after the demos: ``inputs`` attend to the (unpadded) demo tokens, to the
+                    generated steps in the cache, and to each other as ``self_mask`` says (all, by default)
+
+Positions (rotary): task t's generated token j sits at ``n_t + j`` (n_t: its number of real demo tokens), so the
+generated states continue the demos whatever their padding. One group, "layers" (HART: 1 token per step,
+HyperTuning: p tokens). The main-model side (:func:`main_forward`, :func:`main_generate`) reads ``[query ; answer]``
+with the query left-aligned (left padding, also for ``generate()``) and scores the answer tokens only.
+Fusion-in-decoder has no analogue here: a recipe asking for it is refused (``hypernetwork.fusion_in_decoder``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutput
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
+
+GROUP = "layers"
+
+
+def causal_layers(main_model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM (``model.layers`` of Llama, Qwen2, Mistral, Gemma)."""
+    layers = getattr(main_model.base_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"main_model: {type(main_model).__name__} has no base_model.layers; supported causal LMs "
+                         "are Llama-style (Llama, Qwen2, Mistral, Gemma)")
+    return layers
+
+
+LORA_PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+                    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}  # peft's names -> parent module
+BASELINE_LORA_TARGETS = ("q_proj", "v_proj")  # what the per-task LoRA baseline adapts, as a peft user would
+PEFT_TASK_TYPE = "CAUSAL_LM"
+
+
+def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[LinearSite, nn.Linear]]:
+    """The ``targets`` projections (peft's names, e.g. q_proj, v_proj, gate_proj) of every layer, grouped by
+    projection, then layer. A causal LM has one group of layers, so ``sides`` does not apply; it has no
+    cross-attention, so ``attention`` may only hold "self"."""
+    if any(att != "self" for att in attention):
+        raise ValueError(f"attention: {list(attention)}: a causal LM has only self-attention; use ['self']")
+    unknown = [t for t in targets if t not in LORA_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"targets: {unknown} are not projections of {type(main_model).__name__}; allowed: "
+                         f"{', '.join(LORA_PROJECTIONS)}")
+    layers, prefix = causal_layers(main_model), main_model.base_model_prefix
+    sites = []
+    for projection in targets:
+        parent = LORA_PROJECTIONS[projection]
+        template = f"{prefix}.layers.{{layer}}.{parent}.{projection}"
+        for layer, block in enumerate(layers):
+            sites.append((LinearSite(f"{GROUP}.{projection}", GROUP, layer, template),
+                          getattr(getattr(block, parent), projection)))
+    return sites
+
+
+PREFIX_MODEL_FIELDS = ("num_hidden_layers", "num_key_value_heads", "head_dim", "hidden_size")
+PREFIX_ATTENTION = eager_attention_forward  # Llama's eager attention (grouped-query heads repeated), shared by Qwen2
+
+
+def attention_modules(main_model: nn.Module) -> list[nn.Module]:
+    """Every attention module of the main model: what its attention function runs in."""
+    return [layer.self_attn for layer in causal_layers(main_model)]
+
+
+def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tuple[str, int, nn.Module, int, int]]:
+    """(group, layer, ``self_attn`` module, key/value heads, head width) of every layer when ``decoder`` is on (a
+    causal LM's layers are decoder layers; ``encoder`` does not apply). Prefix keys are generated after rotary
+    embedding: they are not rotated, so they are visible to every query at no position."""
+    if not decoder:
+        return []
+    return [(GROUP, i, layer.self_attn, main_model.config.num_key_value_heads, layer.self_attn.head_dim)
+            for i, layer in enumerate(causal_layers(main_model))]
+
+
+def describe_main(config) -> dict:
+    """The main model's shape as ``hypergen bench`` reports it."""
+    return {"architecture": config.model_type, "d_model": config.hidden_size, "d_kv": config.head_dim,
+            "d_ff": config.intermediate_size, "num_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads, "num_layers": config.num_hidden_layers,
+            "layers": str(config.num_hidden_layers), "vocab_size": config.vocab_size}
+
+
+def main_layers(main_model: nn.Module) -> list[nn.Module]:
+    """The main model's decoder layers (what activation recompute wraps)."""
+    return list(causal_layers(main_model))
+
+
+def main_shape(main_model: nn.Module) -> MainModelShape:
+    return MainModelShape.of(**{GROUP: len(causal_layers(main_model))})
+
+
+class CausalBackbone(Backbone):
+    """A copy of the main model's embeddings, first ``decoder_layers`` layers and final norm (``modules``:
+    "decoder"), initialised from the main model's weights unless ``init_from_main`` is false."""
+
+    supports_fusion = False
+
+    def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True) -> None:
+        layers = causal_layers(main_model)
+        if decoder_layers > len(layers):
+            raise ValueError(f"hypernetwork.decoder_layers: {decoder_layers} exceeds the main model's "
+                             f"{len(layers)} layers")
+        self.shape = main_shape(main_model)
+        self.d_model = main_model.config.hidden_size
+        decoder = copy.deepcopy(main_model.base_model)
+        decoder.layers = nn.ModuleList(list(decoder.layers)[:decoder_layers])
+        copy_config_as_eager(decoder)
+        decoder.config.num_hidden_layers = decoder_layers
+        if getattr(decoder.config, "layer_types", None):
+            decoder.config.layer_types = decoder.config.layer_types[:decoder_layers]
+        if not init_from_main:
+            decoder.apply(main_model._init_weights)
+        self.decoder = decoder
+        self.num_layers = decoder_layers
+        self.modules = {"decoder": decoder}
+
+    def encode(self, demo_ids: torch.Tensor, demo_mask: torch.Tensor) -> Context:
+        cache = DynamicCache()
+        states = self.decoder(input_ids=demo_ids, attention_mask=demo_mask, cache=cache,
+                              use_cache=True).last_hidden_state  # T x n_d x d_h
+        past = [(layer.keys, layer.values) for layer in cache.layers]  # each T x kv_heads x n_d x d_head
+        return Context(states, demo_mask, past)
+
+    def new_cache(self, context: Context) -> DynamicCache:
+        return DynamicCache(ddp_cache_data=context.past)
+
+    def decode(self, inputs, context, cache=None, self_mask=None, output_attentions=False, checkpoint=False):
+        if cache is not None:
+            return self._decode(inputs, context, cache, self_mask, output_attentions)
+
+        def one_pass(x: torch.Tensor):  # a fresh cache per call: a recomputation in backward writes its own
+            return self._decode(x, context, self.new_cache(context), self_mask, output_attentions)
+
+        if checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(one_pass, inputs, use_reentrant=False)
+        return one_pass(inputs)
+
+    def _decode(self, inputs, context, cache, self_mask, output_attentions):
+        num_tasks, n, _ = inputs.shape
+        n_d = context.mask.shape[1]
+        earlier = cache.get_seq_length() - n_d  # generated tokens already in the cache
+        demo_keep = context.mask.bool()[:, None, None, :].expand(num_tasks, 1, n, n_d)
+        generated = (torch.zeros(1, 1, n, earlier + n, dtype=inputs.dtype, device=inputs.device)
+                     if self_mask is None else self_mask.to(inputs.dtype))
+        mask = torch.cat([additive_mask(demo_keep, inputs.dtype), generated.expand(num_tasks, 1, n, -1)], dim=-1)
+        positions = context.mask.sum(1, keepdim=True) + earlier + torch.arange(n, device=inputs.device)  # T x n
+        out = self.decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, cache=cache,
+                           use_cache=True, output_attentions=output_attentions)
+        attentions = out.attentions[-1] if output_attentions and out.attentions else None
+        return out.last_hidden_state, attentions
+
+
+BACKBONE = CausalBackbone  # what hypergen.models.backbones.make_backbone builds for this family
+
+
+# ------------------------------------------------------------------------------------- the frozen main model side
+
+def left_align(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right- (or any-) padded ``ids``/``mask`` (B x n) with the padding moved to the left, order kept."""
+    order = torch.argsort(mask.long(), dim=1, stable=True)
+    return ids.gather(1, order), mask.gather(1, order)
+
+
+def check_no_fusion(fusion_states: Context | None) -> None:
+    if fusion_states is not None:
+        raise ValueError("hypernetwork.fusion_in_decoder: a causal LM has no cross-attention to fuse the demos into;"
+                         " set it to false")
+
+
+def main_forward(main_model, fusion_states: Context | None, input_ids, attention_mask, labels) -> CausalLMOutput:
+    """The LM over ``[query ; answer]`` (query ``input_ids`` B x n_x left-aligned, answer ``labels`` B x n_y,
+    -100 = padding): ``.logits`` B x n_y x V, row t predicting answer token t, and ``.loss`` the mean CE over the
+    answer tokens only."""
+    check_no_fusion(fusion_states)
+    ids, mask = left_align(input_ids, attention_mask)
+    answer_mask = (labels != -100).to(mask.dtype)
+    ids = torch.cat([ids, labels.clamp(min=0)], dim=1)
+    mask = torch.cat([mask, answer_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    n_x, n_y = input_ids.shape[1], labels.shape[1]
+    logits = main_model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, n_x - 1: n_x - 1 + n_y]
+    loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       ignore_index=-100)
+    return CausalLMOutput(loss=loss, logits=logits)
+
+
+def main_generate(main_model, fusion_states: Context | None, input_ids, attention_mask, max_new_tokens: int,
+                  num_beams: int) -> torch.Tensor:
+    """Greedy (or beam) continuation of the left-padded query: B x n_out new token ids."""
+    check_no_fusion(fusion_states)
+    ids, mask = left_align(input_ids, attention_mask)
+    out = main_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                              num_beams=num_beams, do_sample=False)
+    return out[:, ids.shape[1]:]

@@ -1,0 +1,216 @@
+"""The T5 backbone (the paper's): the hypernetwork is the main encoder plus the first k decoder layers.
+
+    encode(demos)   e = Enc_hyper(demos)                      T x n_d x d_h
+    decode(inputs)  H_dec(inputs; e): the decoder layers over ``inputs``, cross-attending to e
+
+Groups: "encoder" and "decoder" (HART: 2 tokens per step; HyperTuning: 2p tokens). The main model side
+(:func:`main_forward`, :func:`main_generate`) runs the frozen T5 with fusion-in-decoder (appendix 6.1.3): the main
+decoder cross-attends to [e ; Enc_main(x)].
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import eager_attention_forward
+
+from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
+
+
+LORA_PROJECTIONS = ("q", "k", "v", "o")
+LORA_ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a block, name
+LORA_SIDES = ("encoder", "decoder")
+BASELINE_LORA_TARGETS = ("q", "v")  # what the per-task LoRA baseline adapts, as a peft user would
+PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+
+
+def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[LinearSite, nn.Linear]]:
+    """The ``targets`` projections (q, k, v, o) of the ``attention`` modules ("self", "cross": decoder only) of
+    each side in ``sides``, grouped by side, attention, projection, then layer."""
+    unknown = [t for t in targets if t not in LORA_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"targets: {unknown} are not projections of {type(main_model).__name__}; allowed: "
+                         f"{', '.join(LORA_PROJECTIONS)}")
+    sites = []
+    for side in sides:
+        stack = getattr(main_model, side, None)
+        for att in attention:
+            if stack is None or (side == "encoder" and att == "cross"):
+                continue
+            index, name = LORA_ATTENTIONS[att]
+            for projection in targets:
+                template = f"{side}.block.{{layer}}.layer.{index}.{name}.{projection}"
+                for layer, block in enumerate(stack.block):
+                    sites.append((LinearSite(f"{side}.{att}.{projection}", side, layer, template),
+                                  getattr(getattr(block.layer[index], name), projection)))
+    return sites
+
+
+PREFIX_MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # a prefix must match
+PREFIX_ATTENTION = eager_attention_forward  # what the prefix attention calls once the prefix is prepended
+
+
+def attention_modules(main_model: nn.Module) -> list[nn.Module]:
+    """Every attention module (self- and cross-attention) of the main model: what its attention function runs in."""
+    return [layer for stack in (main_model.encoder, main_model.decoder) for block in stack.block
+            for layer in (block.layer[0].SelfAttention, getattr(block.layer[1], "EncDecAttention", None)) if layer]
+
+
+def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tuple[str, int, nn.Module, int, int]]:
+    """(side, layer, ``SelfAttention`` module, heads, head width) of every self-attention layer of the chosen sides
+    (cross-attention never gets a prefix)."""
+    sites = []
+    for side, on in (("encoder", encoder), ("decoder", decoder)):
+        stack = getattr(main_model, side, None)
+        if on and stack is not None:
+            for i, block in enumerate(stack.block):
+                attention = block.layer[0].SelfAttention
+                sites.append((side, i, attention, attention.n_heads, attention.key_value_proj_dim))
+    return sites
+
+
+def describe_main(config) -> dict:
+    """The main model's shape as ``hypergen bench`` reports it."""
+    return {"architecture": "t5", "d_model": config.d_model, "d_kv": config.d_kv, "d_ff": config.d_ff,
+            "num_heads": config.num_heads, "num_layers": config.num_layers,
+            "num_decoder_layers": config.num_decoder_layers, "layers": f"{config.num_layers}+{config.num_decoder_layers}",
+            "vocab_size": config.vocab_size, "feed_forward_proj": config.feed_forward_proj}
+
+
+def main_layers(main_model: nn.Module) -> list[nn.Module]:
+    """The main model's blocks, encoder then decoder (what activation recompute wraps)."""
+    return [*main_model.encoder.block, *main_model.decoder.block]
+
+
+def main_shape(main_model: nn.Module) -> MainModelShape:
+    config = main_model.config
+    return MainModelShape.of(encoder=config.num_layers,
+                             decoder=getattr(config, "num_decoder_layers", None) or config.num_layers)
+
+
+class T5Backbone(Backbone):
+    """A copy of the main encoder and of the first ``decoder_layers`` decoder layers (``modules``: "encoder",
+    "decoder"), initialised from the main model's weights (appendix 6.1.1) unless ``init_from_main`` is false."""
+
+    supports_fusion = True
+
+    def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True) -> None:
+        if decoder_layers > len(main_model.decoder.block):
+            raise ValueError(f"hypernetwork.decoder_layers: {decoder_layers} exceeds the main model's "
+                             f"{len(main_model.decoder.block)} decoder layers")
+        self.shape = main_shape(main_model)
+        self.d_model = main_model.config.d_model
+        encoder = copy.deepcopy(main_model.encoder)
+        decoder = copy.deepcopy(main_model.decoder)
+        decoder.block = nn.ModuleList(list(decoder.block)[:decoder_layers])
+        decoder.embed_tokens = None  # the generator feeds z and states as embeddings
+        for stack in (encoder, decoder):
+            copy_config_as_eager(stack)
+            if not init_from_main:
+                stack.apply(main_model._init_weights)
+        self.encoder, self.decoder = encoder, decoder
+        self.num_layers = decoder_layers
+        self.modules = {"encoder": encoder, "decoder": decoder}
+
+    def encode(self, demo_ids: torch.Tensor, demo_mask: torch.Tensor) -> Context:
+        states = self.encoder(input_ids=demo_ids, attention_mask=demo_mask).last_hidden_state  # T x n_d x d_h
+        return Context(states, demo_mask)
+
+    def new_cache(self, context: Context) -> EncoderDecoderCache:
+        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def input_dropout(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.decoder.dropout(inputs)  # T5 drops out its input embeddings once
+
+    def decode(self, inputs, context, cache=None, self_mask=None, output_attentions=False, checkpoint=False):
+        return run_decoder(self.decoder, inputs, context.states, context.mask, self_mask=self_mask, cache=cache,
+                           output_attentions=output_attentions, checkpoint=checkpoint)
+
+
+def run_decoder(decoder: nn.Module, inputs: torch.Tensor, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
+                self_mask: torch.Tensor | None = None, cache: EncoderDecoderCache | None = None,
+                output_attentions: bool = False, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One pass of the hypernetwork decoder (a ``T5Stack``) over ``inputs`` (T x n x d_h, used as embeddings).
+
+    ``inputs`` are used as they are: the generator drops out what is new (its learnable z, through
+    :meth:`T5Backbone.input_dropout`), not states fed back from an earlier step, which already went through the
+    output dropout here (a fed-back state is dropped out once, as the T5 stack drops its embeddings once).
+
+    ``self_mask``: additive T x 1 x n x n_total mask for self-attention (None = every key visible);
+    ``encoder_mask``: T x n_d with 1 for demo tokens. ``checkpoint``: recompute each block's activations in the
+    backward pass (training.gradient_checkpointing.hypernetwork); never with a ``cache`` (written in place: a
+    recomputation would write it twice), see hypergen/training/activation_recompute.py. Returns the
+    final-layer-normed states T x n x d_h and, if asked, the last layer's self-attention weights
+    T x heads x n x n_total.
+    """
+    cross_mask = additive_mask(encoder_mask[:, None, None, :].bool(), inputs.dtype)
+    hidden = inputs
+    position_bias = cross_bias = None
+    attentions = None
+    for i, block in enumerate(decoder.block):
+        if output_attentions and i == len(decoder.block) - 1:
+            attentions = _self_attention_weights(block, hidden, self_mask, position_bias, cache)
+        if checkpoint and cache is None and torch.is_grad_enabled():
+            hidden, position_bias, cross_bias = torch.utils.checkpoint.checkpoint(
+                block, hidden, self_mask, position_bias, encoder_states, cross_mask, cross_bias, use_reentrant=False)
+        else:
+            hidden, position_bias, cross_bias = block(
+                hidden, self_mask, position_bias, encoder_states, cross_mask, cross_bias, cache=cache
+            )
+    return decoder.dropout(decoder.final_layer_norm(hidden)), attentions
+
+
+def _self_attention_weights(block, hidden, self_mask, position_bias, cache) -> torch.Tensor:
+    """Softmax self-attention weights of ``block`` for ``hidden`` (recomputed; only for analysis)."""
+    layer = block.layer[0]
+    attn = layer.SelfAttention
+    normed = layer.layer_norm(hidden)
+    q = attn.q(normed).view(*normed.shape[:2], attn.n_heads, attn.key_value_proj_dim).transpose(1, 2)
+    k = attn.k(normed).view(*normed.shape[:2], attn.n_heads, attn.key_value_proj_dim).transpose(1, 2)
+    if cache is not None and cache.get_seq_length(attn.layer_idx) > 0:
+        layer_cache = cache.self_attention_cache.layers[attn.layer_idx]
+        k = torch.cat([layer_cache.keys, k], dim=2)
+    scores = q @ k.transpose(-1, -2)
+    if position_bias is None and attn.has_relative_attention_bias:  # the first block computes the bias itself
+        q_len, k_len = scores.shape[-2:]
+        position_bias = attn.compute_bias(k_len, k_len, scores.device)[..., -q_len:, :]  # 1 x heads x q x k
+    if position_bias is not None:
+        scores = scores + position_bias[..., -scores.shape[-1]:]
+    if self_mask is not None:
+        scores = scores + self_mask
+    return scores.softmax(-1)
+
+
+BACKBONE = T5Backbone  # what hypergen.models.backbones.make_backbone builds for this family
+
+
+# ------------------------------------------------------------------------------------- the frozen main model side
+
+def main_encode(main_model, fusion_states: Context | None, input_ids, attention_mask) -> tuple[BaseModelOutput, torch.Tensor]:
+    """Main encoder output B x (n_d +) n_x x d (with fusion, prefixed by the hypernetwork encoder's states
+    ``fusion_states``: B x n_d rows) and its mask B x (n_d +) n_x."""
+    states = main_model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    mask = attention_mask
+    if fusion_states is not None:
+        states = torch.cat([fusion_states.states.to(states.dtype), states], dim=1)
+        mask = torch.cat([fusion_states.mask.to(mask.dtype), mask], dim=1)
+    return BaseModelOutput(last_hidden_state=states), mask
+
+
+def main_forward(main_model, fusion_states: Context | None, input_ids, attention_mask, labels):
+    """Teacher-forced on ``labels`` (B x n_y): ``.loss`` (mean CE over target tokens) and ``.logits`` B x n_y x V."""
+    encoder_outputs, mask = main_encode(main_model, fusion_states, input_ids, attention_mask)
+    return main_model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels)
+
+
+def main_generate(main_model, fusion_states: Context | None, input_ids, attention_mask, max_new_tokens: int,
+                  num_beams: int) -> torch.Tensor:
+    """Greedy (or beam) decoding: B x n_out token ids."""
+    encoder_outputs, mask = main_encode(main_model, fusion_states, input_ids, attention_mask)
+    return main_model.generate(encoder_outputs=encoder_outputs, attention_mask=mask, max_new_tokens=max_new_tokens,
+                               num_beams=num_beams, do_sample=False)

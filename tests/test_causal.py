@@ -1,0 +1,325 @@
+"""Decoder-only main models (issue 17): the causal backbone, causal LoRA, the [query ; answer] forward, the peft
+round trip of `hypergen adapt`, a tiny end-to-end train and the full-size recipes' fail-fast check."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+from hypergen.cli import main
+from hypergen.components.base import SlotGroup
+from hypergen.components.generators import AutoregressiveGenerator, NonAutoregressiveGenerator
+from hypergen.components.projectors import LayerwiseMLPProjector
+from hypergen.components.targets.lora import LoraTarget
+from hypergen.errors import HypergenError, RecipeError
+from hypergen.models.adapted import main_forward, main_generate
+from hypergen.models.backbones import main_model_shape
+from hypergen.models.hypernet import HyperNetwork
+from hypergen.models.main import freeze, tiny_causal
+from hypergen.recipe import TinyT5
+from hypergen.runs import load_final
+from test_training import embedded_recipe, train
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = 3
+
+
+def causal_model(architecture: str = "llama"):
+    model = tiny_causal(TinyT5(architecture=architecture, d_model=32, d_kv=8, d_ff=64, num_layers=LAYERS,
+                               num_heads=4, num_key_value_heads=2), 384)
+    freeze(model)
+    return model
+
+
+def hypernet(model, generator, k: int = 2) -> HyperNetwork:
+    torch.manual_seed(0)
+    groups = [SlotGroup("layers.q_proj.A", "layers", LAYERS, 2, 32)]
+    net = HyperNetwork(model, generator, LayerwiseMLPProjector(), groups, k)
+    return net.eval()
+
+
+def demos(padded: bool = True):
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, 6:] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    return ids, mask
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_hypernetwork_is_the_first_k_layers_and_one_token_per_layer(architecture):
+    model = causal_model(architecture)
+    net = hypernet(model, AutoregressiveGenerator(), k=2)
+    assert main_model_shape(model).groups == (("layers", LAYERS),)
+    assert len(net.decoder.layers) == 2 and net.generator.z.shape == (1, 32)
+    torch.testing.assert_close(net.decoder.layers[1].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight)
+    assert net.decoder.layers[0].self_attn.q_proj.weight is not model.model.layers[0].self_attn.q_proj.weight
+    out = net(*demos())
+    assert out.generated.states.shape == (2, LAYERS, 32)
+    assert out.generated.rows == {"layers": [[0], [1], [2]]}
+    assert out.params["layers.q_proj.A"].shape == (2, LAYERS, 2, 32)
+
+
+def test_decode_continues_the_demo_sequence():
+    """encode + decode of one token equals one causal pass of the k layers over [demos ; token]; with padded
+    demos, the padding is invisible (same state as the unpadded demos alone)."""
+    model = causal_model()
+    net = hypernet(model, AutoregressiveGenerator())
+    ids, mask = demos(padded=False)
+    token = torch.randn(2, 1, 32)
+    with torch.no_grad():
+        state, _ = net.backbone.decode(token, net.backbone.encode(ids, mask))
+        embeds = torch.cat([net.decoder.embed_tokens(ids), token], dim=1)
+        reference = net.decoder(inputs_embeds=embeds).last_hidden_state[:, -1:]
+        torch.testing.assert_close(state, reference, atol=1e-5, rtol=1e-5)
+        short = net.backbone.decode(token[1:], net.backbone.encode(ids[1:, :6], mask[1:, :6]))[0]
+        padded_ids = ids.clone()
+        padded_ids[1, 6:] = 0
+        padded_mask = mask.clone()
+        padded_mask[1, 6:] = 0
+        padded = net.backbone.decode(token, net.backbone.encode(padded_ids, padded_mask))[0]
+    torch.testing.assert_close(padded[1:], short, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_equals_uncached_and_state_l_ignores_later_steps():
+    model = causal_model()
+    net = hypernet(model, AutoregressiveGenerator())
+    with torch.no_grad():
+        cached = net(*demos()).generated.states
+        net.generator.use_cache = False
+        recomputed = net(*demos()).generated.states
+        context = net.backbone.encode(*demos())
+        shorter = net.generator(net.backbone, context, type(net.shape).of(layers=2)).states
+    torch.testing.assert_close(cached, recomputed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached[:, :2], shorter, atol=1e-5, rtol=1e-5)
+
+
+def test_hypertuning_tokens_see_each_other():
+    model = causal_model()
+    net = hypernet(model, NonAutoregressiveGenerator())
+    assert net.generator.z.shape == (2, 32)  # p = 2 tokens, one group
+    with torch.no_grad():
+        before = net(*demos()).generated.states
+        net.generator.z[-1] += 1.0
+        after = net(*demos()).generated.states
+    assert not torch.allclose(before[:, 0], after[:, 0])
+
+
+def test_forward_scores_the_answer_only_whatever_the_query_padding():
+    model = causal_model()
+    query = torch.tensor([[10, 11, 12, 1], [20, 21, 1, 0]])
+    query_mask = (query != 0).long() | torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    labels = torch.tensor([[30, 31, 1], [40, 1, -100]])
+    out = main_forward(model, query, query_mask, labels)
+    assert out.logits.shape == (2, 3, 384)
+    # row 1 alone, unpadded: [20 21 1 | 40 1]; logits of positions 2, 3 predict the answer tokens
+    alone = model(input_ids=torch.tensor([[20, 21, 1, 40, 1]])).logits
+    torch.testing.assert_close(out.logits[1, :2], alone[0, 2:4], atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 384), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    generated = main_generate(model, query, query_mask, max_new_tokens=3)
+    assert generated.shape == (2, 3)
+    torch.testing.assert_close(out.logits[:, 0].argmax(-1), generated[:, 0])  # greedy = teacher-forced argmax
+
+
+def test_lora_per_example_in_a_mixed_batch():
+    model = causal_model()
+    target = LoraTarget(rank=2, alpha=4.0, targets=["q_proj", "v_proj", "down_proj"])
+    groups = {g.name: g for g in target.slot_groups(model)}
+    assert list(groups) == [f"layers.{p}.{m}" for p in ("q_proj", "v_proj", "down_proj") for m in "AB"]
+    assert (groups["layers.v_proj.B"].width, groups["layers.down_proj.A"].width) == (16, 64)
+    target.prepare(model)
+    params = {name: torch.randn(2, g.num_layers, g.rows, g.width) for name, g in groups.items()}
+    query, mask, labels = torch.randint(3, 259, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.randint(3, 259, (2, 3))
+    stock = main_forward(model, query, mask, labels).logits
+    with target.applied(model, params):
+        mixed = main_forward(model, query, mask, labels).logits
+    for b in range(2):
+        with target.applied(model, {k: v[b:b + 1] for k, v in params.items()}):
+            alone = main_forward(model, query[b:b + 1], mask[b:b + 1], labels[b:b + 1]).logits
+        torch.testing.assert_close(mixed[b:b + 1], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mixed, stock)
+    zero_b = {k: (torch.zeros_like(v) if k.endswith(".B") else v) for k, v in params.items()}
+    with target.applied(model, zero_b):
+        torch.testing.assert_close(main_forward(model, query, mask, labels).logits, stock)
+    torch.testing.assert_close(main_forward(model, query, mask, labels).logits, stock)  # restored on exit
+    with pytest.raises(HypergenError, match=r"peft\.targets: \['q'\] are not projections of LlamaForCausalLM"):
+        LoraTarget(targets=["q"]).slot_groups(model)
+
+
+def causal_recipe(tmp_path, steps: int) -> dict:
+    recipe = embedded_recipe(tmp_path, steps=steps)
+    recipe["main_model"] = {"tiny": {"architecture": "llama", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+                                     "num_heads": 4, "num_key_value_heads": 2}}
+    recipe["hypernetwork"]["fusion_in_decoder"] = False
+    recipe["peft"] = {"name": "lora", "rank": 2, "alpha": 4.0, "targets": ["q_proj", "v_proj"]}
+    recipe["training"].update(checkpoint_every=None, lr=3e-3)
+    recipe["evaluation"] = {"max_new_tokens": 4}
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def causal_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("causal")
+    return root, train(root, causal_recipe(root, steps=8), root / "run")
+
+
+def test_tiny_train_loss_falls(causal_run):
+    _, run = causal_run
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_adapt_writes_a_peft_folder_with_hypergen_s_logits(causal_run, tmp_path):
+    root, run = causal_run
+    task = sorted((root / "embedded" / "tasks").glob("*.json"))[0]
+    out = tmp_path / "adapter"
+    result = CliRunner().invoke(main, ["adapt", "--run", str(run), "--task", str(task), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM"
+    peft = pytest.importorskip("peft")
+    base = AutoModelForCausalLM.from_pretrained(out / "base_model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(out))
+    check = peft_model.load_adapter(str(out), adapter_name="check")
+    assert check.missing_keys == [] and check.unexpected_keys == []
+    peft_model.set_adapter("default")
+    names = {n.split(".base_layer")[0] for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and m.lora_A}
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"} and len(names) == 2 * 2
+
+    assembled = load_final(run)
+    from hypergen.adapters import generate_task_parameters
+    from hypergen.data.tasks import load_task
+
+    params, _ = generate_task_parameters(assembled, load_task(task))
+    query, mask = torch.randint(3, 259, (1, 6)), torch.ones(1, 6, dtype=torch.long)
+    labels = torch.randint(3, 259, (1, 4))
+    method = assembled.method
+    with method.target.applied(method.main_model, params.params):
+        ours = main_forward(method.main_model, query, mask, labels).logits
+    theirs = main_forward(peft_model, query, mask, labels).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_in_decoder_is_refused_for_a_causal_lm(tmp_path):
+    recipe = causal_recipe(tmp_path, steps=1)
+    recipe["hypernetwork"]["fusion_in_decoder"] = True
+    path = tmp_path / "fusion.json"
+    path.write_text(json.dumps(recipe))
+    result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "out"), "--quiet", "--no-eval"])
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "hypernetwork.fusion_in_decoder: LlamaForCausalLM has no cross-attention" in line
+
+
+@pytest.mark.parametrize("name", ["hart_qwen2.5-0.5b_sni.json", "hart_llama3.2-1b_sni.json"])
+def test_full_size_causal_recipes_validate_and_fail_fast_offline(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = REPO / "recipes" / name
+    result = CliRunner().invoke(main, ["recipes", "validate", str(recipe)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["train", str(recipe), "-o", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2
+    assert "main_model.name_or_path: cannot fetch" in result.output
+
+
+# ------------------------------------------------------------------------------------------------------- prefix
+
+def prefix_params(model, target, batch: int):
+    torch.manual_seed(5)
+    return {g.name: torch.randn(batch, g.num_layers, g.rows, g.width) for g in target.slot_groups(model)}
+
+
+def test_zero_length_prefix_leaves_logits_unchanged():
+    from hypergen.components.targets.prefix import PrefixTarget
+
+    model = causal_model()
+    query, mask, labels = torch.randint(3, 259, (2, 5)), torch.ones(2, 5, dtype=torch.long), torch.randint(3, 259, (2, 3))
+    mask[1, 3:] = 0
+    stock = main_forward(model, query, mask, labels).logits
+    target = PrefixTarget(length=0)
+    assert [(g.name, g.num_layers, g.width) for g in target.slot_groups(model)] == [
+        ("layers.key", LAYERS, 16), ("layers.value", LAYERS, 16)]  # 2 key/value heads of width 8
+    target.prepare(model)
+    with target.applied(model, prefix_params(model, target, 2)):
+        torch.testing.assert_close(main_forward(model, query, mask, labels).logits, stock, atol=1e-6, rtol=1e-5)
+
+
+def test_prefixed_attention_is_attention_over_the_concatenated_keys_and_values():
+    """Prefix keys unrotated, visible to every query; real keys rotated at their positions, causal."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    from hypergen.components.targets.prefix import PrefixTarget
+
+    model = causal_model()
+    target = PrefixTarget(length=2)
+    target.prepare(model)
+    params = prefix_params(model, target, 2)
+    attention = model.model.layers[1].self_attn
+    hidden = torch.randn(2, 4, 32)
+    positions = torch.arange(4)[None].expand(2, -1)
+    cos_sin = model.model.rotary_emb(hidden, positions)
+    causal = torch.full((4, 4), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, 4, 4)
+    with torch.no_grad(), target.applied(model, params):
+        out, _ = attention(hidden, position_embeddings=cos_sin, attention_mask=causal)
+        shape = (2, 4, 2, 8)
+        q = attention.q_proj(hidden).view(2, 4, 4, 8).transpose(1, 2)
+        k = attention.k_proj(hidden).view(shape).transpose(1, 2)
+        v = attention.v_proj(hidden).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *cos_sin)
+        prefix_k = params["layers.key"][:, 1].view(2, 2, 2, 8).transpose(1, 2)
+        prefix_v = params["layers.value"][:, 1].view(2, 2, 2, 8).transpose(1, 2)
+        keys = repeat_kv(torch.cat([prefix_k, k], 2), 2)
+        values = repeat_kv(torch.cat([prefix_v, v], 2), 2)
+        scores = q @ keys.transpose(-1, -2) / 8 ** 0.5 + torch.nn.functional.pad(causal, (2, 0))
+        expected = attention.o_proj((scores.softmax(-1) @ values).transpose(1, 2).reshape(2, 4, 32))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_per_example_with_padding_and_generate_with_its_cache():
+    from hypergen.components.targets.prefix import PrefixTarget
+
+    model = causal_model()
+    target = PrefixTarget(length=3)
+    target.prepare(model)
+    params = prefix_params(model, target, 2)
+    query, mask = torch.randint(3, 259, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    labels = torch.randint(3, 259, (2, 3))
+    with torch.no_grad(), target.applied(model, params):
+        both = main_forward(model, query, mask, labels).logits
+        generated = main_generate(model, query, mask, max_new_tokens=4)  # with the KV cache
+        replay = main_forward(model, query, mask, generated).logits  # teacher-forced, no cache
+    with torch.no_grad(), target.applied(model, {k: v[1:] for k, v in params.items()}):
+        alone = main_forward(model, query[1:, :4], mask[1:, :4], labels[1:]).logits
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
+    assert torch.equal(replay.argmax(-1), generated)
+
+
+def test_rank_classification_scores_the_choice_tokens():
+    """FinetuneMethod.score (what P3 rank classification ranks by) is the sum of the choice tokens' log-probs
+    after the query, as one forward pass over [query ; choice] gives them."""
+    from hypergen.data.collate import Batch
+    from hypergen.training.methods import FinetuneMethod
+
+    model = causal_model()
+    method = FinetuneMethod(copy.deepcopy(model), few_shot=False, eval_cfg=None)
+    query = torch.tensor([[10, 11, 1], [10, 11, 1]])
+    labels = torch.tensor([[30, 1], [40, 41]])
+    batch = Batch(query[:1], torch.ones(1, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), query,
+                  torch.ones_like(query), labels, ["t"], [("a",), ("b",)])
+    scores = method.score(batch, None)
+    for b in range(2):
+        log_probs = model(input_ids=torch.cat([query[b], labels[b]])[None]).logits[0].log_softmax(-1)
+        expected = log_probs[2, labels[b, 0]] + log_probs[3, labels[b, 1]]
+        torch.testing.assert_close(scores[b], expected, atol=1e-5, rtol=1e-5)
