@@ -6,8 +6,12 @@ real tokens keep their T5 bias, their padding mask and, in the decoder, their ca
 (``EncDecAttention``) never gets a prefix.
 
 Mechanism: :meth:`PrefixTarget.prepare` registers the attention function :func:`prefix_attention_forward` under
-the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix it is
-exactly T5's eager attention. :meth:`PrefixTarget.applied` puts each layer's prefix on its ``SelfAttention``
+the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix (none
+applied, or length 0) it is exactly T5's eager attention. With a prefix, the scores are computed by ``torch.nn.functional.scaled_dot_product_attention`` with one additive
+float mask (T5 bias + padding/causal mask, zeros on the prefix columns) when the target's ``attention`` is
+``"sdpa"`` (the default: faster on this project's CPU at every measured width, benchmarks/results/throughput_sdpa.md),
+or by T5's eager matmul-softmax-matmul with ``"eager"``; eager is also used whenever attention weights are asked
+for (``output_attentions``), since SDPA does not return them. Both agree to 1e-5 in fp32. :meth:`PrefixTarget.applied` puts each layer's prefix on its ``SelfAttention``
 module for the duration of a ``with`` block. Prefixes are never written to the KV cache, so ``generate()`` with
 a cache and beam search work (a prefix batch of B is ``repeat_interleave``-d to match a key batch of B * beams).
 
@@ -31,6 +35,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.t5.modeling_t5 import eager_attention_forward
+from transformers.utils.output_capturing import _active_collector
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
@@ -40,6 +45,8 @@ from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotG
 ATTN_IMPLEMENTATION = "hypergen_prefix"
 _SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_site"  # on a tagged SelfAttention module: (side, layer index)
 _PREFIX = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix"  # (keys, values), each B x n_heads x p x d_kv, while applied
+_KERNEL = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_kernel"  # on a tagged SelfAttention module: "sdpa" or "eager"
+ATTENTION_KERNELS = ("sdpa", "eager")
 PREFIX_WEIGHTS = "prefix.safetensors"
 _MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # T5Config fields it must match
 
@@ -56,6 +63,28 @@ def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch
     return nn.functional.pad(mask, (p, 0), value=0.0)
 
 
+def _weights_requested(kwargs: dict[str, Any]) -> bool:
+    """Whether the caller asked for attention weights (``output_attentions``: passed down, or being recorded)."""
+    if kwargs.get("output_attentions"):
+        return True
+    collecting = _active_collector.get()
+    return bool(collecting) and "attentions" in collecting
+
+
+def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, additive: torch.Tensor | None,
+                   scaling: float, dropout: float) -> torch.Tensor:
+    """``softmax(query @ key^T * scaling + additive) @ value`` by ``scaled_dot_product_attention``.
+
+    ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv; ``additive``: float, broadcastable to
+    B x H x q_len x k_len, or None. Returns B x q_len x H x d_kv (contiguous), as T5's eager attention does.
+    """
+    if additive is not None:
+        additive = additive.to(query.dtype)
+    output = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=additive, dropout_p=dropout,
+                                                        scale=scaling)
+    return output.transpose(1, 2).contiguous()
+
+
 def prefix_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -66,17 +95,19 @@ def prefix_attention_forward(
     dropout: float = 0.0,
     position_bias: torch.Tensor | None = None,
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 eager attention, with the module's prefix (if any) prepended to ``key``/``value``.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """T5 attention, with the module's prefix (if any) prepended to ``key``/``value``.
 
     ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv (from the cache in the decoder);
     ``position_bias``: (1 or B) x H x q_len x k_len; ``attention_mask``: additive float or boolean
     (B x 1 x q_len x k_len) or None. The prefix (P x H x p x d_kv, P dividing B) is expanded with
     ``repeat_interleave`` to B rows; its columns get zero bias and a zero mask. Returns
-    ``(B x q_len x H x d_kv contiguous output, B x H x q_len x (p + k_len) attention weights)``.
+    ``(B x q_len x H x d_kv contiguous output, B x H x q_len x (p + k_len) attention weights, or None on the
+    SDPA path)``.
     """
     prefix = getattr(module, _PREFIX, None)
-    if prefix is not None and prefix[0].shape[-2] > 0:
+    has_prefix = prefix is not None and prefix[0].shape[-2] > 0
+    if has_prefix:
         prefix_key, prefix_value = prefix
         prefix_key, prefix_value = expand_to_batch(key.shape[0], prefix_key, prefix_value)
         p = prefix_key.shape[-2]
@@ -87,9 +118,14 @@ def prefix_attention_forward(
         attention_mask = _extend_mask(attention_mask, p, query.dtype)
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = _extend_mask(attention_mask, 0, query.dtype)
-    return eager_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, position_bias=position_bias
-    )
+    if not has_prefix or getattr(module, _KERNEL, "eager") == "eager" or _weights_requested(kwargs):
+        return eager_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, position_bias=position_bias
+        )
+    additive = position_bias if attention_mask is None else (
+        attention_mask if position_bias is None else position_bias + attention_mask)
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    return sdpa_attention(query, key, value, additive, scale, dropout), None
 
 
 _registered = False
@@ -122,16 +158,22 @@ class PrefixTarget(PEFTTarget):
     """Per-example key/value prefixes of ``length`` rows for the encoder and/or decoder self-attention layers.
 
     Slot groups ``"{side}.key"`` / ``"{side}.value"``: num_layers x length x (num_heads * d_kv) per example.
+    ``attention``: ``"sdpa"`` (scaled_dot_product_attention with an additive mask; eager whenever attention
+    weights are asked for) or ``"eager"`` (T5's matmul-softmax-matmul), for every self-attention layer.
     """
 
     adapter_format = "prefix"
 
-    def __init__(self, length: int = 32, encoder: bool = True, decoder: bool = True) -> None:
+    def __init__(self, length: int = 32, encoder: bool = True, decoder: bool = True,
+                 attention: str = "sdpa") -> None:
         if length < 0:
             raise ValueError(f"prefix length must be >= 0, got {length}")
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"prefix attention must be one of {', '.join(ATTENTION_KERNELS)}, got {attention!r}")
         self.length = length
         self.encoder = encoder
         self.decoder = decoder
+        self.attention = attention
 
     def _sides(self) -> list[str]:
         return [side for side, on in (("encoder", self.encoder), ("decoder", self.decoder)) if on]
@@ -155,6 +197,7 @@ class PrefixTarget(PEFTTarget):
             if attention.config._attn_implementation != ATTN_IMPLEMENTATION:
                 raise RuntimeError(f"{side} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")
             setattr(attention, _SITE, (side, i))
+            setattr(attention, _KERNEL, self.attention)
 
     @contextmanager
     def applied(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[None]:
@@ -182,7 +225,7 @@ class PrefixTarget(PEFTTarget):
                 setattr(attention, _PREFIX, previous)
 
     def describe(self) -> dict[str, Any]:
-        return {"length": self.length, "encoder": self.encoder, "decoder": self.decoder}
+        return {"length": self.length, "encoder": self.encoder, "decoder": self.decoder, "attention": self.attention}
 
     # ---------------------------------------------------------------------------------------------- adapter folder
 
