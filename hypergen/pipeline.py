@@ -20,6 +20,7 @@ from .recipe import load_recipe
 from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
                    save_final)
 from .training.activation_recompute import enable_gradient_checkpointing
+from .training.compile import compile_blocks
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.trainer import Trainer
 
@@ -60,6 +61,8 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         assembled = assemble(recipe, device)
         switches = recipe.training.checkpointing
         enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
+        if recipe.training.compile:
+            compile_blocks(assembled.method)
     with dist.main_first():
         if dist.is_main:  # rank 0 alone writes the folder, so it alone holds the lock
             held.enter_context(prepare_run_dir(run_dir, resolved, resume, overwrite))
@@ -74,7 +77,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
                              cfg.eval_instances, recipe.evaluation.batch_size, progress=False)
         return scores
 
-    precision = recipe.distributed.precision if recipe.distributed else "fp32"
+    precision = recipe.training.precision  # the recipe validator made distributed.precision agree
     trainer = Trainer(assembled.method, sampler, assembled.collator, cfg, run_dir, assembled.device,
                       evaluate_fn=periodic_eval, progress=progress, dist=dist, precision=precision,
                       distributed=recipe.distributed)

@@ -132,7 +132,8 @@ class Distributed(Strict):
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 1-3 with deepspeed, 0 with ddp")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: forward and backward under bfloat16 autocast; the trained weights and the "
-        "optimizer stay fp32 (deepspeed: bf16 module copies, fp32 master weights in the optimizer)")
+        "optimizer stay fp32 (deepspeed: bf16 module copies, fp32 master weights in the optimizer); the same "
+        "as training.precision (set either, or both to the same value)")
     offload_optimizer: bool = Field(
         False, description="deepspeed: optimizer state and step in CPU memory (ZeRO-Offload); needs optimizer "
         "'adamw' (run as DeepSpeedCPUAdam)")
@@ -185,6 +186,13 @@ class Training(Strict):
     max_consecutive_skips: int | None = Field(
         25, ge=1, description="stop with an error after this many skipped updates in a row (a run that has "
         "diverged); null: never")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the main model's and the hypernetwork's forward (and backward) under bfloat16 "
+        "autocast, in one process as in several; the trained weights and the optimizer stay fp32. "
+        "distributed.precision, where also set, must agree")
+    compile: bool = Field(
+        False, description="torch.compile each block of the main model and of the hypernetwork (per block, so "
+        "recompilation stays local); needs a working C compiler on CPU (benchmarks/results/throughput_sdpa.md)")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":
@@ -203,9 +211,21 @@ class Training(Strict):
 
 
 def _distributed_fits_training(recipe):
-    """A recipe validator: its ``distributed`` section can run its ``training`` section."""
-    if recipe.distributed is not None:
-        recipe.distributed.check_training(recipe.training)
+    """A recipe validator: its ``distributed`` section can run its ``training`` section, and the precision is one.
+
+    ``training.precision`` and ``distributed.precision`` may each be set alone or both to the same value; after
+    validation both hold that value (so the trainer and a DeepSpeed engine read the same)."""
+    distributed, training = recipe.distributed, recipe.training
+    if distributed is None:
+        return recipe
+    distributed.check_training(training)
+    if "precision" in distributed.model_fields_set:
+        if "precision" in training.model_fields_set and training.precision != distributed.precision:
+            raise ValueError(f"training.precision ({training.precision!r}) and distributed.precision "
+                             f"({distributed.precision!r}) disagree; set one of them, or both to the same value")
+        training.precision = distributed.precision
+    else:
+        distributed.precision = training.precision
     return recipe
 
 
