@@ -77,6 +77,7 @@ def test_compile_that_cannot_work_names_the_field(monkeypatch):
     assert message.startswith("training.compile:") and "CppCompileError" in message and "\n" not in message
 
 
+@pytest.mark.slow  # inductor compiles each block's forward and backward: minutes on 2 shared cores
 def test_compiled_blocks_compute_the_same(tmp_path):
     """compile_blocks compiles every block of the main model and the hypernetwork, in place: same state dict keys,
     same loss and gradients as uncompiled (to fp32 noise)."""
