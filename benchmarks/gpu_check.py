@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,8 +109,9 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
     return measured, f"measured {dtype} {n}x{n} matmul on {device}"
 
 
-def run_case(case: str, steps: int, warmup: int, smoke: bool) -> dict:
-    """Train ``case`` for warmup + steps steps in this process; return its measurements."""
+def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) -> dict:
+    """Train ``case`` for warmup + steps steps in this process; return its measurements. The embedded tasks are
+    written to ``data_dir`` by the first case and read by the others."""
     from hypergen import pipeline
     from hypergen.data import collate
     from hypergen.models.main import load_main_model
@@ -140,7 +142,7 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool) -> dict:
     collate.Collator.__call__ = counting_call
     trainer.append_metrics = stamped
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = case_recipe(case, Path(tmp) / "data", warmup + steps, smoke)
+        recipe = case_recipe(case, data_dir, warmup + steps, smoke)
         path = Path(tmp) / f"{case}.json"
         path.write_text(json.dumps(recipe))
         pipeline.train(str(path), str(Path(tmp) / "run"), [], progress=False, evaluate_after=False)
@@ -197,14 +199,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the markdown table ('-': stdout only)")
     parser.add_argument("--one-case", default=None, help=argparse.SUPPRESS)  # the child process: print JSON
+    parser.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)  # the children's tasks
     args = parser.parse_args()
     steps = args.steps or (2 if args.cpu_smoke else 3)
     if args.one_case:
-        print("GPU_CHECK " + json.dumps(run_case(args.one_case, steps, args.warmup, args.cpu_smoke)))
+        print("GPU_CHECK " + json.dumps(run_case(args.one_case, steps, args.warmup, args.cpu_smoke, args.data_dir)))
         return
     start, rows = time.perf_counter(), []
+    data_dir = Path(tempfile.mkdtemp(prefix="gpu_check_tasks_"))
     for case in args.cases:
-        command = [sys.executable, __file__, "--one-case", case, "--steps", str(steps), "--warmup", str(args.warmup)]
+        command = [sys.executable, __file__, "--one-case", case, "--steps", str(steps), "--warmup", str(args.warmup),
+                   "--data-dir", str(data_dir / "tasks")]
         done = subprocess.run(command + (["--cpu-smoke"] if args.cpu_smoke else []), capture_output=True, text=True,
                               cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
         found = [line[10:] for line in done.stdout.splitlines() if line.startswith("GPU_CHECK ")]
@@ -214,6 +219,7 @@ def main() -> None:
         else:
             rows.append(json.loads(found[0]))
         print(json.dumps(rows[-1]), flush=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
     shown = " ".join(["python benchmarks/gpu_check.py", *sys.argv[1:]])
     text = table(rows, args.cpu_smoke, shown, time.perf_counter() - start)
     print(text)
