@@ -21,6 +21,7 @@ from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_d
                    save_final, training_and_validation)
 from .training.activation_recompute import enable_gradient_checkpointing
 from .training.loggers import Loggers
+from .training.compile import compile_blocks
 from .training.distributed import setup as setup_distributed, teardown as teardown_distributed
 from .training.optim import check_optimizer
 from .training.trainer import Trainer
@@ -64,6 +65,8 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         switches = recipe.training.checkpointing
         enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
         Loggers(recipe.training.loggers)  # an unknown logger or a missing package fails before the run folder
+        if recipe.training.compile:
+            compile_blocks(assembled.method)
     with dist.main_first():
         if dist.is_main:  # rank 0 alone writes the folder, so it alone holds the lock
             held.enter_context(prepare_run_dir(run_dir, resolved, resume, overwrite))
@@ -80,7 +83,7 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
                              assembled.device, cfg.eval_instances, recipe.evaluation.batch_size, progress=False)
         return {"overall": {"split": "validation", **scores["overall"]}}
 
-    precision = recipe.distributed.precision if recipe.distributed else "fp32"
+    precision = recipe.training.precision  # the recipe validator made distributed.precision agree
     trainer = Trainer(assembled.method, sampler, assembled.collator, cfg, run_dir, assembled.device,
                       evaluate_fn=periodic_eval, progress=progress, dist=dist, precision=precision,
                       distributed=recipe.distributed)

@@ -9,13 +9,13 @@ The defaults here are the paper's (appendix 6.1.3); the tiny recipes override th
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HypergenError, RecipeError
+from .recipe_checks import MAX_DEPTH, check_plain_json, format_validation_error  # noqa: F401 - re-exported
 from .io import read_json
 
 
@@ -156,7 +156,8 @@ class Distributed(Strict):
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 1-3 with deepspeed, 0 with ddp")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: forward and backward under bfloat16 autocast; the trained weights and the "
-        "optimizer stay fp32 (deepspeed: bf16 module copies, fp32 master weights in the optimizer)")
+        "optimizer stay fp32 (deepspeed: bf16 module copies, fp32 master weights in the optimizer); the same "
+        "as training.precision (set either, or both to the same value)")
     offload_optimizer: bool = Field(
         False, description="deepspeed: optimizer state and step in CPU memory (ZeRO-Offload); needs optimizer "
         "'adamw' (run as DeepSpeedCPUAdam)")
@@ -213,6 +214,13 @@ class Training(Strict):
         default_factory=list, description="where logged metrics go besides RUN/metrics.jsonl (always written): "
         "registered metric loggers, e.g. [{\"name\": \"tensorboard\"}] or [{\"name\": \"wandb\", \"project\": "
         "\"hart\"}]")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the main model's and the hypernetwork's forward (and backward) under bfloat16 "
+        "autocast, in one process as in several; the trained weights and the optimizer stay fp32. "
+        "distributed.precision, where also set, must agree")
+    compile: bool = Field(
+        False, description="torch.compile each block of the main model and of the hypernetwork (per block, so "
+        "recompilation stays local); needs a working C compiler on CPU (benchmarks/results/throughput_sdpa.md)")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "Training":
@@ -231,9 +239,21 @@ class Training(Strict):
 
 
 def _distributed_fits_training(recipe):
-    """A recipe validator: its ``distributed`` section can run its ``training`` section."""
-    if recipe.distributed is not None:
-        recipe.distributed.check_training(recipe.training)
+    """A recipe validator: its ``distributed`` section can run its ``training`` section, and the precision is one.
+
+    ``training.precision`` and ``distributed.precision`` may each be set alone or both to the same value; after
+    validation both hold that value (so the trainer and a DeepSpeed engine read the same)."""
+    distributed, training = recipe.distributed, recipe.training
+    if distributed is None:
+        return recipe
+    distributed.check_training(training)
+    if "precision" in distributed.model_fields_set:
+        if "precision" in training.model_fields_set and training.precision != distributed.precision:
+            raise ValueError(f"training.precision ({training.precision!r}) and distributed.precision "
+                             f"({distributed.precision!r}) disagree; set one of them, or both to the same value")
+        training.precision = distributed.precision
+    else:
+        distributed.precision = training.precision
     return recipe
 
 
@@ -276,47 +296,6 @@ class FinetuneRecipe(Strict):
 
 
 Recipe = HypernetRecipe | FinetuneRecipe
-
-
-def format_validation_error(exc: ValidationError, where: str, prefix: str = "") -> str:
-    """One line: ``where: prefix.path: message (got value); ...`` for each error pydantic found."""
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"])) or "(top level)"
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
-            message += f" (got {_short(err['input'])})"
-        parts.append(f"{path}: {message}")
-    return f"{where}: " + "; ".join(parts)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-MAX_DEPTH = 32  # a recipe is a few levels deep; far deeper is a mistake (and would exhaust Python's stack)
-
-
-def check_plain_json(data: Any, where: str) -> None:
-    """Refuse NaN and infinite numbers anywhere (``1e999`` parses as infinity) and nesting deeper than
-    :data:`MAX_DEPTH`, naming the field's path. Iterative, so any depth is refused cleanly."""
-    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
-    while stack:
-        node, path = stack.pop()
-        name = ".".join(path) or "(top level)"
-        if len(path) > MAX_DEPTH:
-            raise RecipeError(f"{where}: {'.'.join(path[:4])}...: nested more than {MAX_DEPTH} levels deep; a recipe "
-                              "is a few levels deep")
-        if isinstance(node, float) and not math.isfinite(node):
-            raise RecipeError(f"{where}: {name}: {node} is not a finite number; NaN and infinity are not allowed "
-                              "in a recipe")
-        if isinstance(node, dict):
-            stack.extend((value, (*path, str(key))) for key, value in node.items())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((value, (*path, str(i))) for i, value in enumerate(node))
 
 
 def parse_recipe(data: Any, where: str = "recipe") -> Recipe:

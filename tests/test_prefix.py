@@ -197,3 +197,89 @@ def test_beam_search_with_per_example_prefixes():
             alone = model.generate(input_ids=x[b:b + 1], attention_mask=mask[b:b + 1], **kwargs)[0]
         row = both[b]
         assert torch.equal(row[: alone.shape[0]], alone) and bool((row[alone.shape[0]:] == 0).all())
+
+
+# ------------------------------------------------------------------------- SDPA kernel == eager kernel (to 1e-5)
+
+def _both_kernels(length: int = P):
+    """The same model and prefixes run with the "sdpa" and with the "eager" attention kernel."""
+    model = make_model()
+    sdpa, eager = PrefixTarget(length=length, attention="sdpa"), PrefixTarget(length=length, attention="eager")
+    return model, sdpa, eager, random_params(sdpa, model, 2, scale=3.0)
+
+
+def _run(model, target, params, fn):
+    target.prepare(model)
+    with torch.no_grad(), target.applied(model, params):
+        return fn()
+
+
+def test_sdpa_encoder_self_attention_equals_eager():
+    model, sdpa, eager, params = _both_kernels()
+    x, mask, _ = inputs()  # row 1 is padded
+    encode = lambda: model.encoder(input_ids=x, attention_mask=mask).last_hidden_state  # noqa: E731
+    fast, slow = _run(model, sdpa, params, encode), _run(model, eager, params, encode)
+    assert fast.shape == (2, 7, 32)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [P, 0])
+def test_sdpa_decoder_causal_with_padding_equals_eager(length):
+    model, sdpa, eager, params = _both_kernels(length)
+    x, mask, y = inputs()
+    decoder_mask = torch.ones_like(y)
+    decoder_mask[1, 3:] = 0  # padded decoder input too
+    run = lambda: model(input_ids=x, attention_mask=mask, decoder_input_ids=y,  # noqa: E731
+                        decoder_attention_mask=decoder_mask).logits
+    fast, slow = _run(model, sdpa, params, run), _run(model, eager, params, run)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    if length == 0:  # a zero-length prefix is the stock model
+        stock = make_model()
+        torch.testing.assert_close(fast, stock(input_ids=x, attention_mask=mask, decoder_input_ids=y,
+                                               decoder_attention_mask=decoder_mask).logits.detach(),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_gradients_equal_eager():
+    """Gradients reach the prefixes and the main model's position bias identically through both kernels."""
+    x, mask, y = inputs()
+    grads = []
+    for kernel in ("sdpa", "eager"):
+        model = make_model()
+        target = PrefixTarget(length=P, attention=kernel)
+        target.prepare(model)
+        params = {k: v.requires_grad_() for k, v in random_params(target, model, 2).items()}
+        with target.applied(model, params):
+            model(input_ids=x, attention_mask=mask, labels=y).loss.backward()
+        bias = model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad
+        grads.append([params[k].grad for k in sorted(params)] + [bias])
+    for fast, slow in zip(*grads):
+        assert fast.abs().sum() > 0
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_sdpa_beam_search_generate_equals_eager():
+    model, sdpa, eager, params = _both_kernels()
+    x, mask, _ = inputs()
+    generate = lambda: model.generate(input_ids=x, attention_mask=mask, max_new_tokens=6, num_beams=3,  # noqa: E731
+                                      do_sample=False, output_scores=True, return_dict_in_generate=True)
+    fast, slow = _run(model, sdpa, params, generate), _run(model, eager, params, generate)
+    assert torch.equal(fast.sequences, slow.sequences)
+    torch.testing.assert_close(fast.sequences_scores, slow.sequences_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_weights_asked_for_use_eager():
+    """SDPA returns no weights: with output_attentions the sdpa target falls back to eager and returns them."""
+    model, sdpa, eager, params = _both_kernels()
+    x, mask, y = inputs()
+    run = lambda: model(input_ids=x, attention_mask=mask, decoder_input_ids=y,  # noqa: E731
+                        output_attentions=True).encoder_attentions
+    fast, slow = _run(model, sdpa, params, run), _run(model, eager, params, run)
+    assert len(fast) == 2 and fast[0].shape == (2, 4, 7, P + 7)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_unknown_attention_kernel_is_refused():
+    with pytest.raises(ValueError, match="prefix attention must be one of sdpa, eager, got 'flash'"):
+        PrefixTarget(attention="flash")

@@ -8,8 +8,12 @@ keep their T5 bias or rotary positions, their padding mask and, in a decoder, th
 the backbone family's (``prefix_sites``, ``PREFIX_ATTENTION`` in hypergen/models/backbones/).
 
 Mechanism: :meth:`PrefixTarget.prepare` registers the attention function :func:`prefix_attention_forward` under
-the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix it is
-exactly T5's eager attention. :meth:`PrefixTarget.applied` puts each layer's prefix on its ``SelfAttention``
+the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix (none
+applied, or length 0) it is exactly T5's eager attention. With a prefix, the scores are computed by ``torch.nn.functional.scaled_dot_product_attention`` with one additive
+float mask (T5 bias + padding/causal mask, zeros on the prefix columns) when the target's ``attention`` is
+``"sdpa"`` (the default: faster on this project's CPU at every measured width, benchmarks/results/throughput_sdpa.md),
+or by T5's eager matmul-softmax-matmul with ``"eager"``; eager is also used whenever attention weights are asked
+for (``output_attentions``), since SDPA does not return them. Both agree to 1e-5 in fp32. :meth:`PrefixTarget.applied` puts each layer's prefix on its ``SelfAttention``
 module for the duration of a ``with`` block. Prefixes are never written to the KV cache, so ``generate()`` with
 a cache and beam search work (a prefix batch of B is ``repeat_interleave``-d to match a key batch of B * beams).
 
@@ -34,6 +38,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.utils.output_capturing import _active_collector
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
@@ -45,6 +50,8 @@ ATTN_IMPLEMENTATION = "hypergen_prefix"
 _SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_site"  # on a tagged SelfAttention module: (side, layer index)
 _PREFIX = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix"  # (keys, values), each B x n_heads x p x d_kv, while applied
 _ATTENTION = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_attention"  # the family's eager attention, set by prepare
+_KERNEL = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_kernel"  # on a tagged attention module: "sdpa" or "eager"
+ATTENTION_KERNELS = ("sdpa", "eager")
 PREFIX_WEIGHTS = "prefix.safetensors"
 
 
@@ -58,6 +65,28 @@ def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch
     if mask.dtype == torch.bool:
         mask = torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), torch.finfo(dtype).min)
     return nn.functional.pad(mask, (p, 0), value=0.0)
+
+
+def _weights_requested(kwargs: dict[str, Any]) -> bool:
+    """Whether the caller asked for attention weights (``output_attentions``: passed down, or being recorded)."""
+    if kwargs.get("output_attentions"):
+        return True
+    collecting = _active_collector.get()
+    return bool(collecting) and "attentions" in collecting
+
+
+def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, additive: torch.Tensor | None,
+                   scaling: float, dropout: float) -> torch.Tensor:
+    """``softmax(query @ key^T * scaling + additive) @ value`` by ``scaled_dot_product_attention``.
+
+    ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv; ``additive``: float, broadcastable to
+    B x H x q_len x k_len, or None. Returns B x q_len x H x d_kv (contiguous), as T5's eager attention does.
+    """
+    if additive is not None:
+        additive = additive.to(query.dtype)
+    output = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=additive, dropout_p=dropout,
+                                                        scale=scaling)
+    return output.transpose(1, 2).contiguous()
 
 
 def prefix_attention_forward(
@@ -77,10 +106,12 @@ def prefix_attention_forward(
     ``position_bias``: (1 or B) x H x q_len x k_len; ``attention_mask``: additive float or boolean
     (B x 1 x q_len x k_len) or None. The prefix (P x H x p x d_kv, P dividing B) is expanded with
     ``repeat_interleave`` to B rows; its columns get zero bias and a zero mask. Returns
-    ``(B x q_len x H x d_kv contiguous output, B x H x q_len x (p + k_len) attention weights)``.
+    ``(B x q_len x H x d_kv contiguous output, B x H x q_len x (p + k_len) attention weights, or None on the
+    SDPA path)``.
     """
     prefix = getattr(module, _PREFIX, None)
-    if prefix is not None and prefix[0].shape[-2] > 0:
+    has_prefix = prefix is not None and prefix[0].shape[-2] > 0
+    if has_prefix:
         prefix_key, prefix_value = prefix
         prefix_key, prefix_value = expand_to_batch(key.shape[0], prefix_key, prefix_value)
         p = prefix_key.shape[-2]
@@ -91,6 +122,12 @@ def prefix_attention_forward(
         attention_mask = _extend_mask(attention_mask, p, query.dtype)
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = _extend_mask(attention_mask, 0, query.dtype)
+    if (has_prefix and getattr(module, _KERNEL, "eager") == "sdpa" and key.shape[1] == query.shape[1]
+            and not _weights_requested(kwargs)):  # one SDPA call with one additive mask (bias + mask, 0 on prefix)
+        additive = position_bias if attention_mask is None else (
+            attention_mask if position_bias is None else position_bias + attention_mask)
+        scale = query.size(-1) ** -0.5 if scaling is None else scaling
+        return sdpa_attention(query, key, value, additive, scale, dropout), None
     if position_bias is not None:  # T5's relative bias; a causal LM's attention takes none
         kwargs["position_bias"] = position_bias
     return getattr(module, _ATTENTION)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
@@ -122,12 +159,16 @@ class PrefixTarget(PEFTTarget):
 
     adapter_format = "prefix"
 
-    def __init__(self, length: int = 32, encoder: bool = True, decoder: bool = True) -> None:
+    def __init__(self, length: int = 32, encoder: bool = True, decoder: bool = True,
+                 attention: str = "sdpa") -> None:
         if length < 0:
             raise ValueError(f"prefix length must be >= 0, got {length}")
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"prefix attention must be one of {', '.join(ATTENTION_KERNELS)}, got {attention!r}")
         self.length = length
         self.encoder = encoder
         self.decoder = decoder
+        self.attention = attention
 
     def sites(self, main_model: nn.Module) -> list[tuple[str, int, nn.Module, int, int]]:
         """(group, layer, attention module, heads, head width) of every prefixed layer (the family's answer)."""
@@ -154,6 +195,7 @@ class PrefixTarget(PEFTTarget):
             if attention.config._attn_implementation != ATTN_IMPLEMENTATION:
                 raise RuntimeError(f"{group} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")
             setattr(attention, _SITE, (group, i))
+            setattr(attention, _KERNEL, self.attention)
 
     @contextmanager
     def applied(self, main_model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[None]:
@@ -178,7 +220,7 @@ class PrefixTarget(PEFTTarget):
                 setattr(attention, _PREFIX, previous)
 
     def describe(self) -> dict[str, Any]:
-        return {"length": self.length, "encoder": self.encoder, "decoder": self.decoder}
+        return {"length": self.length, "encoder": self.encoder, "decoder": self.decoder, "attention": self.attention}
 
     # ---------------------------------------------------------------------------------------------- adapter folder
 
