@@ -41,7 +41,7 @@ from .components.base import ADAPTER_CONFIG, PEFTTarget
 from .data.tasks import Task
 from .errors import HypergenError, UnknownComponentError
 from .folders import FolderKind, prepare_output_dir, staged_folder
-from .io import atomic_save_tensors, atomic_write_json, read_json, read_safetensors
+from .io import atomic_save_tensors, atomic_write_json, read_json_object, read_safetensors
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
 from .registry import registry
@@ -68,10 +68,7 @@ LEGACY_TARGETS = {("peft_type", "LORA"): "lora.v1", ("hypergen_adapter", "prefix
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HypergenError(f"{path}: not found; not an adapter folder written by `hypergen adapt` or peft")
-    data = read_json(path, "adapter file")
-    if not isinstance(data, dict):
-        raise HypergenError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, "adapter file")
 
 
 def registered_name(target: PEFTTarget) -> str:

@@ -15,6 +15,7 @@ A run folder::
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,8 +227,6 @@ def prepare_run_dir(run_dir: Path, recipe_data: dict[str, Any], resume: bool, ov
 def same_recipe(recipe_file: Path, recipe_data: dict[str, Any]) -> bool:
     """Whether a run's saved ``recipe.json`` is the resolved ``recipe_data``, read through today's recipe models
     (so that a setting added since the run was written, at its default, does not make it "another recipe")."""
-    import json
-
     saved = read_json(recipe_file, "run recipe")
     if saved == recipe_data:
         return True
