@@ -116,7 +116,7 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) ->
     from hypergen.data import collate
     from hypergen.models.main import load_main_model
     from hypergen.recipe import parse_recipe
-    from hypergen.training import trainer
+    from hypergen.training import loggers
 
     tokens = {"demo": 0, "input": 0, "target": 0, "tasks": 0}
     collator_call = collate.Collator.__call__
@@ -131,7 +131,7 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) ->
         return batch
 
     stamps: list[float] = []
-    log_metrics = trainer.append_metrics
+    log_metrics = loggers.append_metrics  # the one writer of metrics.jsonl, called per logged step
 
     def stamped(run_dir, record):  # log_every 1: called once per step, after its update
         stamps.append(time.perf_counter())
@@ -140,7 +140,7 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) ->
 
     counts: list[dict] = []
     collate.Collator.__call__ = counting_call
-    trainer.append_metrics = stamped
+    loggers.append_metrics = stamped
     with tempfile.TemporaryDirectory() as tmp:
         recipe = case_recipe(case, data_dir, warmup + steps, smoke)
         path = Path(tmp) / f"{case}.json"
