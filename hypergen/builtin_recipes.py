@@ -62,6 +62,10 @@ def method_label(data: dict[str, Any]) -> str:
         return "FT-Few-Shot" if data.get("few_shot") else "FT-Zero-Shot"
     hyper = data.get("hypernetwork", {})
     generator = hyper.get("generator", {}).get("name", "autoregressive").split(".v")[0]
+    peft = data.get("peft", {}).get("name", "prefix")
+    if generator == "learned_states":  # no conditioning: one PEFT module trained over all training tasks
+        name = {"prefix": "Prefix-Tuning", "lora": "LoRA"}.get(peft, peft)
+        return f"{name} on FT-Few-Shot" if data.get("data", {}).get("demos_in_input") else f"multi-task {name}"
     regularizers = [r.get("name", "?").split(".v")[0] for r in hyper.get("regularizers", [])]
     consistency = CONSISTENCY in regularizers
     if generator == "autoregressive" and regularizers == [CONSISTENCY]:
@@ -70,7 +74,7 @@ def method_label(data: dict[str, Any]) -> str:
         label = "HyperTuning"
     else:
         label = f"hybrid ({generator}, {'with' if consistency else 'no'} consistency)"
-    return f"{label} + {data.get('peft', {}).get('name', 'prefix')}"
+    return f"{label} + {peft}"
 
 
 def main_model_label(data: dict[str, Any]) -> str:

@@ -107,6 +107,10 @@ class Data(Strict):
         "sampled in training: a fraction of them (drawn with validation_seed) or their names; periodic evaluation "
         "and `hypergen sweep` score it")
     validation_seed: int = Field(0, description="seed of the draw of a validation_tasks fraction")
+    demos_in_input: bool = Field(
+        False, description="hypernetwork recipes: put each task's demos before every query in the main model's "
+        "input too, in training and evaluation, as FT-Few-Shot formats them (with the learned_states generator: "
+        "Prefix-Tuning / LoRA on FT-Few-Shot); finetune recipes set few_shot instead")
 
     @field_validator("validation_tasks")
     @classmethod
@@ -293,6 +297,13 @@ class FinetuneRecipe(Strict):
     distributed: Distributed | None = None
 
     _check_distributed = model_validator(mode="after")(_distributed_fits_training)
+
+    @model_validator(mode="after")
+    def _few_shot_not_demos_in_input(self) -> "FinetuneRecipe":
+        if self.data.demos_in_input:
+            raise ValueError("data.demos_in_input: a finetune recipe puts the demos in the input with few_shot "
+                             "(and train_demos_fraction); set few_shot true and data.demos_in_input false")
+        return self
 
 
 Recipe = HypernetRecipe | FinetuneRecipe

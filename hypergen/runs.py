@@ -162,12 +162,15 @@ def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> Hyperne
             message = f"hypernetwork.{message}"
         raise RecipeError(message) from None
     main_model.to(device=device, dtype=DTYPES[recipe.main_model.dtype])
+    if hyper.fusion_in_decoder and not generator.reads_demos:
+        raise RecipeError(f"hypernetwork.fusion_in_decoder: the generator {hyper.generator.name!r} reads no demos, "
+                          "so there are no encoded demos to fuse; set it to false")
     if hyper.fusion_in_decoder and not hypernet.backbone.supports_fusion:
         raise RecipeError(f"hypernetwork.fusion_in_decoder: {type(main_model).__name__} has no cross-attention to fuse "
                           "the demos into; set it to false")
     target.prepare(main_model)
     return HypernetMethod(main_model, hypernet.to(device), target, regularizers, hyper.fusion_in_decoder,
-                          recipe.evaluation)
+                          recipe.evaluation, recipe.data.demos_in_input)
 
 
 def check_target_generates(recipe: HypernetRecipe, groups) -> None:

@@ -80,7 +80,13 @@ class Generator(nn.Module, abc.ABC):
       has run (it may depend on ``prefix_rows``); the projector sizes its heads with it.
     * ``autoregressive``: True when the states are decoded step by step, each step fed the previous step's
       output (HART), False for a single pass (HyperTuning). Plots and reports read it.
+
+    ``reads_demos`` (default True) may be set False by a generator whose states do not depend on the demos
+    (``learned_states``: plain multi-task Prefix-Tuning / LoRA): the hypernetwork then builds no copy of the main
+    model's layers (:class:`hypergen.models.backbones.demo_free.DemoFreeBackbone`), and its context holds no states.
     """
+
+    reads_demos: bool = True
 
     def __new__(cls, *args, **kwargs):
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -127,6 +133,9 @@ class Generator(nn.Module, abc.ABC):
         if not isinstance(autoregressive, bool):
             raise RecipeError(f"hypernetwork.generator: {name}.autoregressive must be True or False, "
                               f"got {autoregressive!r}")
+        if not isinstance(self.reads_demos, bool):
+            raise RecipeError(f"hypernetwork.generator: {name}.reads_demos must be True or False, "
+                              f"got {self.reads_demos!r}")
 
 
 class Projector(nn.Module, abc.ABC):

@@ -11,6 +11,9 @@ LM "layers"), G groups in all:
   learnable z of G tokens; step l's token g feeds layer l of group g (T5: token 0 encoder layer l, token 1
   decoder layer l). Steps attend to every earlier step through a KV cache, so the cost grows linearly in L, and
   gradients flow through the whole chain.
+* ``learned_states`` (no conditioning): p learnable rows per layer of every group, the same for every task, and no
+  pass of any network (``reads_demos = False``). With the projector's heads as the reparameterization, this is
+  Prefix-Tuning (or LoRA) trained over all training tasks: the paper's "PEFT on FT-Few-Shot" rows.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..models.backbones.base import additive_mask
 from ..registry import registry
 from .base import GeneratedStates, Generator, MainModelShape
 
-__all__ = ["AutoregressiveGenerator", "NonAutoregressiveGenerator", "additive_mask"]
+__all__ = ["AutoregressiveGenerator", "LearnedStatesGenerator", "NonAutoregressiveGenerator", "additive_mask"]
 
 
 @registry.generators.register("non_autoregressive.v1")
@@ -117,3 +120,41 @@ class AutoregressiveGenerator(Generator):
         """1 x 1 x ns x ns additive mask (n = ``tokens_per_step``): token i sees token j iff step(j) <= step(i)."""
         step_of = torch.arange(tokens_per_step * steps) // tokens_per_step
         return additive_mask(step_of[None, :] <= step_of[:, None], dtype)[None, None]
+
+
+@registry.generators.register("learned_states.v1")
+class LearnedStatesGenerator(Generator):
+    """No conditioning: z is p learnable rows for each layer of each group, expanded over the T tasks unchanged.
+
+    Output: states T x (sum of the groups' layer counts) * p x d_h, every task the same; group g's layer l reads
+    rows [(o_g + l) * p, (o_g + l + 1) * p), o_g being the layers of the groups before g. The backbone and the
+    context are not used (``reads_demos = False``: the hypernetwork gives this generator a backbone with no layers).
+    """
+
+    autoregressive = False
+    reads_demos = False
+
+    def __init__(self, init_std: float = 1.0) -> None:
+        super().__init__()
+        self.init_std = init_std
+        self.z: nn.Parameter | None = None
+        self.p = 0  # set by build
+
+    @property
+    def rows_per_layer(self) -> int:
+        """p: each layer of a group reads its own p rows (0 until built)."""
+        return self.p
+
+    def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
+        self.p = max(prefix_rows, 1)
+        layers = sum(count for _, count in shape.groups)
+        self.z = nn.Parameter(torch.randn(layers * self.p, d_model) * self.init_std)
+
+    def forward(self, backbone, context, shape, output_attentions=False, checkpoint=False) -> GeneratedStates:
+        num_tasks, p = context.states.shape[0], self.p
+        states = self.z.to(context.states.dtype).expand(num_tasks, -1, -1)  # T x (sum L_g) p x d_h
+        rows, offset = {}, 0
+        for name, count in shape.groups:
+            rows[name] = [list(range((offset + layer) * p, (offset + layer + 1) * p)) for layer in range(count)]
+            offset += count
+        return GeneratedStates(states, rows)

@@ -6,7 +6,8 @@
 
 Initialised from the main model (appendix 6.1.1): for T5 the encoder is a copy of the main encoder and the decoder
 a copy of its first k layers; for a causal LM a copy of its first k layers and final norm (see
-hypergen/models/backbones/); z and the MLP heads start random.
+hypergen/models/backbones/); z and the MLP heads start random. A generator that reads no demos
+(``learned_states``) gets a backbone with no layers: the hypernetwork is then only z and the heads.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class HyperNetwork(nn.Module):
     def __init__(self, main_model: nn.Module, generator: Generator, projector: Projector, groups: list[SlotGroup],
                  decoder_layers: int, init_from_main: bool = True) -> None:
         super().__init__()
-        self.backbone = make_backbone(main_model, decoder_layers, init_from_main)
+        self.backbone = make_backbone(main_model, decoder_layers, init_from_main, generator.reads_demos)
         for name, module in self.backbone.modules.items():  # "encoder", "decoder": the state-dict prefixes
             self.add_module(name, module)
         self.shape = self.backbone.shape

@@ -25,13 +25,16 @@ RECORD_KEYS = ("step", "loss", "skipped", "lr", "examples_per_s", "eval")  # a m
 
 
 class HypernetMethod:
-    """HART, HyperTuning and hybrids: L = L_pred + sum_i alpha_i * R_i(states)."""
+    """HART, HyperTuning and hybrids: L = L_pred + sum_i alpha_i * R_i(states).
 
-    demos_in_input = False
-    train_demos_in_input = 0.0
+    ``demos_in_input`` (the recipe's ``data.demos_in_input``): the main model also reads each task's demos before
+    its query, in training and evaluation (with the ``learned_states`` generator: Prefix-Tuning / LoRA on
+    FT-Few-Shot)."""
 
     def __init__(self, main_model: nn.Module, hypernet: HyperNetwork, target: PEFTTarget,
-                 regularizers: list[Regularizer], fusion: bool, eval_cfg) -> None:
+                 regularizers: list[Regularizer], fusion: bool, eval_cfg, demos_in_input: bool = False) -> None:
+        self.demos_in_input = demos_in_input
+        self.train_demos_in_input = float(demos_in_input)
         self.main_model = main_model
         self.module = hypernet
         self.target = target

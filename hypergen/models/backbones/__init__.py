@@ -10,6 +10,7 @@ from types import ModuleType
 from torch import nn
 
 from . import causal, t5
+from .demo_free import DemoFreeBackbone
 
 
 def family(main_model: nn.Module) -> ModuleType:
@@ -17,9 +18,12 @@ def family(main_model: nn.Module) -> ModuleType:
     return t5 if getattr(main_model.config, "is_encoder_decoder", False) else causal
 
 
-def make_backbone(main_model: nn.Module, decoder_layers: int, init_from_main: bool = True):
+def make_backbone(main_model: nn.Module, decoder_layers: int, init_from_main: bool = True, reads_demos: bool = True):
     """The hypernetwork's backbone for ``main_model``: its first ``decoder_layers`` layers (and, for T5, its
-    encoder), a copy of the main model's weights unless ``init_from_main`` is false."""
+    encoder), a copy of the main model's weights unless ``init_from_main`` is false; for a generator that does not
+    read the demos (``reads_demos`` false), a :class:`.demo_free.DemoFreeBackbone` with no layers at all."""
+    if not reads_demos:
+        return DemoFreeBackbone(main_model, main_model_shape(main_model))
     return family(main_model).BACKBONE(main_model, decoder_layers, init_from_main)
 
 
