@@ -122,20 +122,23 @@ def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) ->
 @click.option("--data", type=click.Path(), help="Task folder to evaluate on (default: the recipe's).")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), help="File listing the test task names.")
 @click.option("--max-instances", type=click.IntRange(min=1), help="Instances per task (default: the recipe's).")
-@click.option("--other-demos", is_flag=True,
-              help="The demos control: give every task another held-out task's demos (written to "
-                   "RUN/eval-other-demos/). A method that adapts from the demos scores lower.")
+@click.option("--control", help="A demos control, scored into RUN/eval-control-<name>/: 'other' (every task gets "
+              "another held-out task's demos), 'random' (random tokens of the same length), 'none' (no demos). A "
+              "method that adapts from the demos scores lower under each.")
+@click.option("--other-demos", is_flag=True, help="The same as --control other.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_code_option
-def eval_command(run_dir, data, split_file, max_instances, other_demos, quiet) -> None:
+def eval_command(run_dir, data, split_file, max_instances, control, other_demos, quiet) -> None:
     """Generate each task's parameters once from its demos, decode greedily, print and write ROUGE-L and EM."""
-    from .pipeline import OTHER_DEMOS_DIR, evaluate_run, format_scores
+    from .data.controls import control_dir
+    from .pipeline import check_control, evaluate_run, format_scores
 
+    control = check_control(control, other_demos)
     if not Path(run_dir).is_dir():
         raise HypergenError(f"--run: {run_dir} does not exist")
-    scores = evaluate_run(run_dir, data, split_file, max_instances, progress=not quiet, other_demos=other_demos)
+    scores = evaluate_run(run_dir, data, split_file, max_instances, progress=not quiet, control=control)
     click.echo(format_scores(scores))
-    click.echo(f"scores written to {Path(run_dir) / (OTHER_DEMOS_DIR if other_demos else 'eval') / 'scores.json'}")
+    click.echo(f"scores written to {Path(run_dir) / (control_dir(control) if control else 'eval') / 'scores.json'}")
 
 
 @main.command()

@@ -4,7 +4,7 @@ held-out scores and the demos control, and the recipe it was trained with.
 ``evaluation`` (as in ``hypergen_config.json``)::
 
     {"held_out": {"exact_match": 41.2, "rougeL": 55.0, "instances": 320},       # RUN/eval/scores.json's overall
-     "other_demos": {...} or None,                                             # RUN/eval-other-demos/ (the control)
+     "other_demos": {...} or None,     # RUN/eval-control-other/ (the control; a run evaluated before: eval-other-demos/)
      "control_gap": {"rougeL": 12.3, ...} or None}                              # held_out - other_demos, per metric
 """
 
@@ -15,17 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from .builtin_recipes import method_label, main_model_label
+from .data.controls import LEGACY_OTHER_DEMOS_DIR, control_dir
 
 METRICS = ("exact_match", "rougeL", "accuracy")
 
 
 def evaluation_of_run(run_dir: Path) -> dict[str, Any] | None:
-    """The held-out scores of a run (``eval/``), the demos control (``eval-other-demos/``) and their gap."""
+    """The held-out scores of a run (``eval/``), the demos control (``eval-control-other/``, or the
+    ``eval-other-demos/`` of a run evaluated before the controls had names) and their gap."""
     def overall(name: str) -> dict[str, Any] | None:
         file = Path(run_dir) / name / "scores.json"
         return json.loads(file.read_text()).get("overall") if file.is_file() else None
 
-    held_out, other = overall("eval"), overall("eval-other-demos")
+    held_out = overall("eval")
+    other = overall(control_dir("other")) or overall(LEGACY_OTHER_DEMOS_DIR)
     if held_out is None:
         return None
     gap = None
@@ -44,10 +47,10 @@ def _scores_table(evaluation: dict[str, Any] | None) -> str:
             control = f"{other[metric]:.2f}" if other and metric in other else "not run"
             diff = f"{gap[metric]:+.2f}" if metric in gap else ""
             lines.append(f"| {metric} | {held[metric]:.2f} | {control} | {diff} |")
-    note = ("\nThe control gives every held-out task another task's demos (`hypergen eval --other-demos`): a "
+    note = ("\nThe control gives every held-out task another task's demos (`hypergen eval --control other`): a "
             "hypernetwork that adapts to the demos scores lower there, so the gap measures how much it uses them.\n")
     if other is None:
-        note = "\nThe demos control was not run (`hypergen eval --run RUN --other-demos`).\n"
+        note = "\nThe demos control was not run (`hypergen eval --run RUN --control other`).\n"
     instances = f"\nHeld-out instances: {held.get('instances')}.\n" if "instances" in held else ""
     return "\n".join(lines) + "\n" + instances + note
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .data.collate import Collator
+from .data.controls import CONTROLS, DemoControl, control_dir
 from .data.sampling import TaskSampler
 from .data.tasks import with_demos_of_other_tasks
 from .errors import HypergenError
@@ -132,27 +134,40 @@ def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, prog
 
 def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None = None,
                  max_instances: int | None = None, progress: bool = True, other_demos: bool = False,
-                 device: torch.device | None = None, split: str = "test") -> dict[str, Any]:
+                 device: torch.device | None = None, split: str = "test", control: str | None = None) -> dict[str, Any]:
     """Evaluate a trained run on its held-out test tasks into ``RUN/eval/``, or (``split="validation"``) on its
-    validation tasks into ``RUN/validation/``; with ``other_demos`` (the demos control) every test task is given
-    another task's demos instead of its own, into ``RUN/eval-other-demos/``."""
+    validation tasks into ``RUN/validation/``; under a demos ``control`` (:mod:`.data.controls`: "other", "random",
+    "none"; ``other_demos`` is "other") every test task's demos are replaced, into ``RUN/eval-control-<name>/``."""
     run = Path(run_dir)
+    control = check_control(control, other_demos)
+    if control and split != "test":
+        raise HypergenError("--control: the demos controls evaluate the test tasks only")
     recipe = read_run(run)
-    if other_demos and split != "test":
-        raise HypergenError("--other-demos: the demos control evaluates the test tasks only")
     tasks = load_tasks(recipe, split, data_path=data, split_file=split_file)
-    if other_demos:
+    if control == "other":
         if recipe.data.source == "p3":
-            raise HypergenError("--other-demos: not available for P3 runs (their held-out demos are drawn per subset)")
+            raise HypergenError("--control other: not available for P3 runs (their held-out demos are drawn per "
+                                "subset)")
         if len(tasks) < 2:
-            raise HypergenError(f"--other-demos: needs at least two held-out tasks, {run} has {len(tasks)}")
+            raise HypergenError(f"--control other: needs at least two held-out tasks, {run} has {len(tasks)}")
         tasks = with_demos_of_other_tasks(tasks)
     assembled = load_final(run, device)
+    if control in ("random", "none"):
+        assembled.collator = Collator(assembled.tokenizer, recipe.data, DemoControl(control, assembled.tokenizer))
     return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress,
-                              out_name=OTHER_DEMOS_DIR if other_demos else SPLIT_DIRS[split])
+                              out_name=control_dir(control) if control else SPLIT_DIRS[split])
 
 
-OTHER_DEMOS_DIR = "eval-other-demos"
+def check_control(control: str | None, other_demos: bool = False) -> str | None:
+    """The control ``hypergen eval`` runs: ``control`` ("other", "random", "none" or None), ``other_demos`` being
+    an alias of "other"; anything else is a one-line error."""
+    if control is not None and control not in CONTROLS:
+        raise HypergenError(f"--control: {control!r} is not a demos control; expected one of {', '.join(CONTROLS)}")
+    if other_demos and control not in (None, "other"):
+        raise HypergenError(f"--other-demos is --control other; it cannot be combined with --control {control}")
+    return "other" if other_demos else control
+
+
 SPLIT_DIRS = {"test": "eval", "validation": "validation"}  # where evaluate_run writes each split's scores
 
 

@@ -25,6 +25,7 @@ import torch
 
 from .components.build import make_component
 from .data.collate import Collator
+from .data.controls import CONTROLS, LEGACY_OTHER_DEMOS_DIR, control_dir
 from .data.p3 import T0_HELD_OUT, T0_TRAIN_DATASETS, load_p3
 from .data.splits import as_evaluation_task, hold_out_validation
 from .data.synthetic import ensure_embedded_tasks
@@ -196,7 +197,7 @@ RUN_MARKER = "hypergen-run.json"
 RUN_FOLDER = FolderKind(
     "run", RUN_MARKER,
     frozenset({RUN_MARKER, "recipe.json", "metrics.jsonl", "checkpoints", "hypernetwork.safetensors", "model",
-               "eval", "eval-other-demos", "plots"}),
+               "eval", LEGACY_OTHER_DEMOS_DIR, *map(control_dir, CONTROLS), "plots"}),
     legacy=(("recipe.json", "metrics.jsonl"), ("recipe.json", "checkpoints")))
 
 

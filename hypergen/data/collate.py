@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .controls import DemoControl
 from .format import DEMOS_QUERY_SEPARATOR, demos_text, query_text
 from .tasks import Example, Task
 
@@ -38,9 +39,11 @@ class Batch:
 class Collator:
     """Tokenizes demos (Def+kPos), queries and targets with the recipe's length limits."""
 
-    def __init__(self, tokenizer, data_cfg) -> None:
+    def __init__(self, tokenizer, data_cfg, control: DemoControl | None = None) -> None:
+        """``control``: a demos control (``random`` or ``none``) applied to every demos sequence tokenized."""
         self.tokenizer = tokenizer
         self.cfg = data_cfg
+        self.control = control
         self._demo_cache: dict[tuple, str] = {}
 
     def demos(self, task: Task) -> str:
@@ -55,7 +58,10 @@ class Collator:
 
     def encode_demos(self, tasks: list[Task]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(demo_ids, demo_mask)``, T x n_d, of the tasks' demos: what the hypernetwork reads for them."""
-        demos = self._encode([self.demos(t) for t in tasks], self.cfg.max_demo_length)
+        texts = [self.demos(t) for t in tasks]
+        demos = self._encode(texts, self.cfg.max_demo_length)
+        if self.control is not None:
+            return self.control.demo_batch(demos["input_ids"], demos["attention_mask"], texts)
         return demos["input_ids"], demos["attention_mask"]
 
     def encode_inputs(self, inputs: list[tuple[str | None, str]]):
@@ -63,14 +69,18 @@ class Collator:
 
         The query keeps its first ``max_input_length`` tokens, as without demos. Demos come first, cut at the end
         to what the query leaves of ``max_demo_length + max_input_length`` (so the query is never cut for them, as
-        in Tk-Instruct), then ``DEMOS_QUERY_SEPARATOR`` of the demo style, then the query."""
+        in Tk-Instruct), then ``DEMOS_QUERY_SEPARATOR`` of the demo style, then the query. Under a demos control,
+        the demos tokens are random ones (``random``), or the query comes alone (``none``)."""
         separator = self.tokenizer(DEMOS_QUERY_SEPARATOR[self.cfg.demo_style], add_special_tokens=False)["input_ids"]
         rows = []
         for demos, query in inputs:
             ids = self.tokenizer(query, max_length=self.cfg.max_input_length, truncation=True)["input_ids"]
-            if demos is not None:
+            if demos is not None and not (self.control and self.control.drops_demos):
                 budget = self.cfg.max_demo_length + self.cfg.max_input_length - len(ids) - len(separator)
-                ids = self.tokenizer(demos, add_special_tokens=False)["input_ids"][: max(budget, 0)] + separator + ids
+                demo_ids = self.tokenizer(demos, add_special_tokens=False)["input_ids"][: max(budget, 0)]
+                if self.control is not None:
+                    demo_ids = self.control.replace_ids(demo_ids, demos)
+                ids = demo_ids + separator + ids
             rows.append(ids)
         return self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
 
