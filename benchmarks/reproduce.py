@@ -45,8 +45,8 @@ def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str |
               help="'embedded' or an S-NI folder; repeat for several (default: embedded, plus ../shared/data/"
                    "sni-algo when it exists and not --quick).")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per method (default 3; --quick: 1).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps of each hypernetwork; the FT baselines, "
-              "which continue M0's training, get a third (default: the profile's, per data source).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps of each hypernetwork and of each FT "
+              "baseline (the same optimizer steps; default: the profile's, per data source).")
 @click.option("--main-steps", type=click.IntRange(min=1), help="Steps of the main model M0 (default: the profile's).")
 @click.option("--task-steps", type=click.IntRange(min=1), help="Per-task Prefix-Tuning / LoRA steps (default: the "
               "profile's).")

@@ -50,14 +50,14 @@ def test_eval_other_demos_writes_beside_the_own_demos_scores(tmp_path):
     assert own.exit_code == 0, own.output
     other = runner.invoke(main, ["eval", "--run", str(run), "--other-demos", "--quiet"], catch_exceptions=False)
     assert other.exit_code == 0, other.output
-    assert "eval-other-demos" in other.output
+    assert "eval-control-other" in other.output
     own_scores = json.loads((run / "eval" / "scores.json").read_text())
-    other_scores = json.loads((run / "eval-other-demos" / "scores.json").read_text())
+    other_scores = json.loads((run / "eval-control-other" / "scores.json").read_text())
     assert own_scores["per_task"].keys() == other_scores["per_task"].keys()
     assert own_scores["overall"]["instances"] == other_scores["overall"]["instances"]
     # the same queries were decoded: only the demos (hence the generated prefixes) differ
     own_inputs = [json.loads(line)["input"] for line in (run / "eval" / "predictions.jsonl").open()]
-    other_inputs = [json.loads(line)["input"] for line in (run / "eval-other-demos" / "predictions.jsonl").open()]
+    other_inputs = [json.loads(line)["input"] for line in (run / "eval-control-other" / "predictions.jsonl").open()]
     assert own_inputs == other_inputs
 
 

@@ -5,10 +5,20 @@ Every method starts from the same frozen "pretrained" main model M0 (no T5 can b
 trains one: multi-task fine-tuning of a tiny T5 on the training tasks, half of its examples with the demos in the
 input, so that it can read demonstrations as a pretrained model can). Then, per seed:
 
-* FT-Zero-Shot / FT-Few-Shot: M0 fine-tuned further on the training tasks without / with the demos in the input;
-* Prefix-Tuning / LoRA: per held-out task, fresh PEFT parameters trained by backprop on that task's demos;
-* the hypernetworks, each a recipe: generator x regularizers (HyperTuning, HyperTuning + AR, HART, HART with the
-  layers generated in reverse order, and the ablation's HART without autoregressive generation).
+* FT-Zero-Shot / FT-Few-Shot: M0 fine-tuned further on the training tasks without / with the demos in the input,
+  for as many optimizer steps as each hypernetwork;
+* Prefix-Tuning / LoRA (multi-task, FT-Few-Shot), the paper's PEFT rows: ONE prefix (one LoRA) trained over all
+  training tasks with the demos in M0's input, M0 frozen; a hypernetwork recipe whose ``learned_states`` generator
+  reads no demos;
+* Prefix-Tuning / LoRA per task by backprop: per held-out task, fresh PEFT parameters trained on that task's demos
+  (what one forward pass of a hypernetwork replaces);
+* the hypernetworks, each a recipe: generator x regularizers x fusion (HyperTuning, HyperTuning w/o
+  fusion-in-decoder, HyperTuning + AR, HART, HART with the layers generated in reverse order, and the ablation's
+  HART without autoregressive generation).
+
+The main caveat, which the report states: M0 is itself multi-task fine-tuned on the training tasks (no pretrained
+T5 can be had here), unlike the paper's pretrained LM, so every method starts from a model that has seen the
+training tasks, and the FT baselines continue a training M0 already had.
 """
 
 from __future__ import annotations
@@ -22,16 +32,27 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Method:
+    """One row of the study. ``kind``: "finetune" (M0 trained further, ``few_shot``: demos in its input),
+    "per_task" (backprop PEFT per held-out task, ``peft``) or "hypernet" (a hypernetwork recipe: ``generator``,
+    ``consistency``, ``fusion``, ``peft``, and ``few_shot`` for the demos in M0's input too, as the multi-task PEFT
+    rows have them).
+
+    HyperTuning-PT (issue 18, part B) plugs in as "hypernet" methods whose recipe starts from a pre-trained run,
+    added to METHODS, TABLE2 and TABLE5 (and CONTROL: it reads demos) like the rows below."""
+
     key: str                      # folder name of its runs
     label: str                    # the row label in the tables
     kind: str                     # "finetune" | "per_task" | "hypernet"
     generator: dict[str, Any] | None = None
     consistency: bool = False
-    few_shot: bool = False
-    peft: str | None = None       # per_task: "prefix" or "lora"
+    few_shot: bool = False        # the demos in the main model's input
+    peft: str | None = None       # per_task / hypernet: "prefix" or "lora" (hypernet default: prefix)
+    fusion: bool = True           # hypernet: fusion-in-decoder
 
 
-CONSISTENCY = {"name": "local_consistency"}  # alpha: the study's --alpha, else the scale preset's
+CONSISTENCY = {"name": "local_consistency"}  # alpha: the study's --alpha, else the scale's
+LEARNED = {"name": "learned_states"}  # no conditioning: the multi-task PEFT rows
+PER_TASK = "per task by backprop (what one forward pass replaces)"
 METHODS: dict[str, Method] = {m.key: m for m in [
     Method("hypertuning", "HyperTuning", "hypernet", {"name": "non_autoregressive"}),
     Method("hart", "HART", "hypernet", {"name": "autoregressive"}, consistency=True),
@@ -40,21 +61,31 @@ METHODS: dict[str, Method] = {m.key: m for m in [
            consistency=True),
     Method("hart_reverse", "HART, layers in reverse order", "hypernet", {"name": "autoregressive", "reverse": True},
            consistency=True),
+    Method("hypertuning_no_fusion", "HyperTuning w/o fusion-in-decoder", "hypernet", {"name": "non_autoregressive"},
+           fusion=False),
     Method("ft_zero_shot", "FT-Zero-Shot", "finetune"),
     Method("ft_few_shot", "FT-Few-Shot", "finetune", few_shot=True),
-    Method("prefix_tuning", "Prefix-Tuning (per task)", "per_task", peft="prefix"),
-    Method("lora", "LoRA (per task)", "per_task", peft="lora"),
+    Method("prefix_few_shot", "Prefix-Tuning (multi-task, FT-Few-Shot)", "hypernet", LEARNED, few_shot=True,
+           peft="prefix", fusion=False),
+    Method("lora_few_shot", "LoRA (multi-task, FT-Few-Shot)", "hypernet", LEARNED, few_shot=True, peft="lora",
+           fusion=False),
+    Method("prefix_tuning", f"Prefix-Tuning, {PER_TASK}", "per_task", peft="prefix"),
+    Method("lora", f"LoRA, {PER_TASK}", "per_task", peft="lora"),
 ]}
 # the order they run in: the headline comparison first, so a deadline cuts the least informative runs
 RUN_ORDER = list(METHODS)
-TABLE2 = ["ft_zero_shot", "ft_few_shot", "prefix_tuning", "lora", "hypertuning", "hypertuning_ar", "hart",
-          "hart_reverse"]
-# Table 5: (row label, method, autoregressive?, consistency?)
-TABLE5 = [("HART", "hart", True, True), ("- local consistency", "hypertuning_ar", True, False),
-          ("- autoregressive generation", "hart_no_ar", False, True), ("- both (HyperTuning)", "hypertuning",
-                                                                         False, False)]
-# the demos control: methods that read demos, evaluated with another task's demos
-CONTROL = ["hypertuning", "hypertuning_ar", "hart", "hart_reverse", "hart_no_ar", "ft_few_shot"]
+TABLE2 = ["ft_zero_shot", "ft_few_shot", "prefix_few_shot", "lora_few_shot", "prefix_tuning", "lora",
+          "hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_reverse"]
+# Table 5: (row label, method, autoregressive?, consistency?, fusion-in-decoder?)
+TABLE5 = [("HART", "hart", True, True, True), ("- local consistency", "hypertuning_ar", True, False, True),
+          ("- autoregressive generation", "hart_no_ar", False, True, True),
+          ("- both (HyperTuning)", "hypertuning", False, False, True),
+          ("- both, - fusion-in-decoder (HyperTuning w/o fusion)", "hypertuning_no_fusion", False, False, False)]
+# the demos controls (hypergen.data.controls), run on every method that reads demos, and the results.json key of
+# each control's scores in a run's entry
+CONTROL = ["hypertuning", "hypertuning_ar", "hart", "hart_reverse", "hart_no_ar", "hypertuning_no_fusion",
+           "ft_few_shot", "prefix_few_shot", "lora_few_shot"]
+CONTROL_KEYS = {"other": "other_demos", "random": "random_demos", "none": "no_demos"}
 # Figure 3: without / with autoregressive generation; Figure 4: without / with local consistency
 FIGURE3 = ["hypertuning", "hypertuning_ar"]
 FIGURE4 = ["hypertuning_ar", "hart"]
@@ -101,15 +132,21 @@ class Steps:
     eval_instances: int
 
 
+LORA_RANK = 8  # the LoRA rows' rank (multi-task and per task)
+
 # the share of training tasks held back as the validation split when alpha is swept (--alpha-grid): about 28
 # of the embedded family's 1422 training tasks, 6 of sni-algo's 64
 VALIDATION_FRACTION = {"embedded": 0.02, "sni": 0.1}
 
 
-def data_section(source: str, path: str | None, eval_instances: int, validation: bool = False) -> dict[str, Any]:
+def data_section(source: str, path: str | None, eval_instances: int, validation: bool = False,
+                 demos_in_input: bool = False) -> dict[str, Any]:
     """The recipes' ``data`` section: the embedded family (compact x>y demos) or S-NI files (Def+2Pos); with
-    ``validation``, a validation split held back from the training tasks (the same for every method)."""
+    ``validation``, a validation split held back from the training tasks (the same for every method); with
+    ``demos_in_input``, a hypernetwork recipe's main model reads the demos before each query too."""
     held_back = {"validation_tasks": VALIDATION_FRACTION[source]} if validation else {}
+    if demos_in_input:
+        held_back["demos_in_input"] = True
     if source == "embedded":  # path: where the tasks are written (default: .cache/hypergen/embedded)
         return {"source": "embedded", **({"path": path} if path else {}), "num_positive": 4, "max_demo_length": 64,
                 "max_input_length": 32, "max_target_length": 16, "queries_per_task": 8,
@@ -124,12 +161,13 @@ def max_new_tokens(source: str) -> int:
     return 12 if source == "embedded" else 48
 
 
-# (scale, profile) -> steps per data source; "sni" steps are fewer: its sequences are ~5x longer
+# (scale, profile) -> steps per data source; "sni" steps are fewer: its sequences are ~5x longer. The FT baselines
+# get as many optimizer steps as each hypernetwork (and the same batch)
 PROFILES: dict[str, dict[str, Steps]] = {
-    "full": {"embedded": Steps(main=2000, train=1500, finetune=300, per_task=50, eval_instances=16),
-             "sni": Steps(main=600, train=300, finetune=150, per_task=50, eval_instances=20)},
-    "quick": {"embedded": Steps(main=500, train=300, finetune=100, per_task=20, eval_instances=8),
-              "sni": Steps(main=150, train=100, finetune=50, per_task=10, eval_instances=8)},
+    "full": {"embedded": Steps(main=2000, train=1500, finetune=1500, per_task=50, eval_instances=16),
+             "sni": Steps(main=600, train=300, finetune=300, per_task=50, eval_instances=20)},
+    "quick": {"embedded": Steps(main=500, train=300, finetune=300, per_task=20, eval_instances=8),
+              "sni": Steps(main=150, train=100, finetune=100, per_task=10, eval_instances=8)},
 }
 
 
@@ -139,7 +177,7 @@ class StudyConfig:
     seeds: int = 3
     scale: str = "tiny"
     profile: str = "full"
-    steps: int | None = None             # overrides each data source's hypernetwork steps (and FT steps, / 3)
+    steps: int | None = None             # overrides each data source's hypernetwork steps (and the FT steps)
     main_steps: int | None = None
     task_steps: int | None = None        # overrides the per-task (Prefix-Tuning / LoRA) steps
     alpha: float | None = None           # overrides the scale's local consistency weight (the paper: 1, 5, 10, 20)
@@ -154,7 +192,7 @@ class StudyConfig:
     def steps_for(self, source: str) -> Steps:
         base = PROFILES[self.profile][source]
         return Steps(main=self.main_steps or base.main, train=self.steps or base.train,
-                     finetune=max(1, self.steps // 3) if self.steps else base.finetune,
+                     finetune=self.steps or base.finetune,
                      per_task=self.task_steps or base.per_task, eval_instances=base.eval_instances)
 
     @property
@@ -210,9 +248,13 @@ def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | Non
         raise ValueError(f"{method.key}: no recipe for kind {method.kind!r}")
     alpha = scale.alpha if cfg.alpha is None else cfg.alpha
     regularizers = [{**CONSISTENCY, "alpha": alpha}] if method.consistency else []
+    peft = {"name": "lora", "rank": LORA_RANK} if method.peft == "lora" else \
+        {"name": "prefix", "length": scale.prefix_length}
+    if method.few_shot:
+        common["data"] = data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None, True)
     return {"description": f"{method.label} (reproduction study)", **common,
-            "hypernetwork": {"decoder_layers": scale.decoder_layers, "fusion_in_decoder": True,
+            "hypernetwork": {"decoder_layers": scale.decoder_layers, "fusion_in_decoder": method.fusion,
                              "generator": dict(method.generator), "projector": {"name": "layerwise_mlp"},
                              "regularizers": regularizers},
-            "peft": {"name": "prefix", "length": scale.prefix_length},
+            "peft": peft,
             "training": _training(scale, steps.train, scale.hyper_lr, seed, cfg.device, _batch(source, scale))}

@@ -1,4 +1,4 @@
-"""The study's report: Table 2 (methods), Table 5 (ablation), the demos control, Figures 1, 3 and 4, as Markdown
+"""The study's report: Table 2 (methods), Table 5 (ablation), the demos controls, Figures 1, 3 and 4, as Markdown
 plus PNGs, from ``results.json`` and the run folders."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
-from .plan import CONTROL, FIGURE3, FIGURE4, METHODS, TABLE2, TABLE5
+from .plan import CONTROL, CONTROL_KEYS, FIGURE3, FIGURE4, METHODS, TABLE2, TABLE5
 
 LOSS_WINDOW = 10  # logged points per window of the loss variance (see hypergen.plots.loss.loss_variance)
 
@@ -44,14 +44,15 @@ def table2(runs: dict[str, Any]) -> list[str]:
 
 
 def table5(runs: dict[str, Any]) -> list[str]:
-    lines = ["| variant | autoregressive | local consistency | EM | ROUGE-L | ROUGE-L vs HART |",
-             "|---|:-:|:-:|---:|---:|---:|"]
+    lines = ["| variant | autoregressive | local consistency | fusion-in-decoder | EM | ROUGE-L | ROUGE-L vs HART |",
+             "|---|:-:|:-:|:-:|---:|---:|---:|"]
     hart = _mean(_values(runs, "hart", "rougeL"))
-    rows = TABLE5 + [("HART, layers in reverse order", "hart_reverse", True, True)]
-    for label, key, ar, consistency in rows:
+    rows = TABLE5 + [("HART, layers in reverse order", "hart_reverse", True, True, True)]
+    mark = lambda on: "✓" if on else "–"  # noqa: E731
+    for label, key, ar, consistency, fusion in rows:
         em, rl = _values(runs, key, "exact_match"), _values(runs, key, "rougeL")
         delta = _mean(rl) - hart
-        lines.append(f"| {label} | {'✓' if ar else '–'} | {'✓' if consistency else '–'} | {mean_sd(em)} | "
+        lines.append(f"| {label} | {mark(ar)} | {mark(consistency)} | {mark(fusion)} | {mean_sd(em)} | "
                      f"{mean_sd(rl)} | {'' if math.isnan(delta) or key == 'hart' else f'{delta:+.2f}'} |")
     return lines
 
@@ -73,16 +74,34 @@ def alpha_table(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+CONTROL_TITLES = {"other": "another task's demos", "random": "random demos", "none": "no demos"}
+
+
+def control_gaps(runs: dict[str, Any], key: str, part: str, metric: str = "rougeL") -> list[float]:
+    """Per seed, own-demos score minus the score under the control stored as ``part`` (seeds with both)."""
+    return [seed["overall"][metric] - seed[part][metric] for seed in runs.get(key, {}).values()
+            if "overall" in seed and part in seed]
+
+
 def control_table(runs: dict[str, Any]) -> list[str]:
-    lines = ["| method | ROUGE-L, own demos | ROUGE-L, another task's demos | drop | EM, own | EM, other |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """Per method that reads demos: ROUGE-L with its own demos and under each control (mean ± sd over seeds), the
+    gap (own minus control, mean over seeds) and the gap's sample sd over seeds (— for one seed)."""
+    head = "| method | ROUGE-L, own demos |"
+    rule = "|---|---:|"
+    for control in CONTROL_KEYS:
+        head += f" {CONTROL_TITLES[control]} | gap | gap sd |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
     for key in CONTROL:
-        own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", "other_demos")
-        if not other:
+        if not any(_values(runs, key, "rougeL", part) for part in CONTROL_KEYS.values()):
             continue
-        em_own, em_other = _values(runs, key, "exact_match"), _values(runs, key, "exact_match", "other_demos")
-        lines.append(f"| {METHODS[key].label} | {mean_sd(own)} | {mean_sd(other)} | "
-                     f"{_mean(own) - _mean(other):+.2f} | {mean_sd(em_own)} | {mean_sd(em_other)} |")
+        row = f"| {METHODS[key].label} | {mean_sd(_values(runs, key, 'rougeL'))} |"
+        for part in CONTROL_KEYS.values():
+            gaps = control_gaps(runs, key, part)
+            sd = f"{statistics.stdev(gaps):.2f}" if len(gaps) > 1 else "—"
+            row += (f" {mean_sd(_values(runs, key, 'rougeL', part))} | {_mean(gaps):+.2f} | {sd} |" if gaps
+                    else " — | — | — |")
+        lines.append(row)
     return lines
 
 
@@ -101,8 +120,13 @@ def findings(runs: dict[str, Any]) -> list[str]:
     compare("hypertuning_ar", "hypertuning", ": the effect of autoregressive generation alone.")
     compare("hart", "hypertuning_ar", ": the effect of local consistency on top of it.")
     compare("hart", "hart_reverse", ": generating the layers bottom-up (the paper's order) versus top-down.")
-    hypernets = [k for k in ("hypertuning", "hypertuning_ar", "hart", "hart_reverse") if not math.isnan(rl[k])]
-    baselines = [k for k in ("prefix_tuning", "lora", "ft_zero_shot", "ft_few_shot") if not math.isnan(rl[k])]
+    compare("hypertuning", "hypertuning_no_fusion", ": the effect of fusion-in-decoder.")
+    compare("hart", "prefix_few_shot", "; the paper reports the hypernetworks above multi-task Prefix-Tuning.")
+    compare("prefix_few_shot", "ft_few_shot", ": one prefix over all training tasks versus fine-tuning M0 itself.")
+    hypernets = [k for k in ("hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_reverse")
+                 if not math.isnan(rl[k])]
+    baselines = [k for k in ("prefix_few_shot", "lora_few_shot", "prefix_tuning", "lora", "ft_zero_shot",
+                             "ft_few_shot") if not math.isnan(rl[k])]
     if hypernets and baselines:
         best = max(hypernets, key=rl.get)
         above = [METHODS[k].label for k in baselines if rl[k] < rl[best]]
@@ -111,13 +135,14 @@ def findings(runs: dict[str, Any]) -> list[str]:
                    f"{', '.join(above) or 'none of the baselines'}" + (f" and not above {', '.join(below)}." if below
                                                                          else "."))
     for key in CONTROL:
-        own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", "other_demos")
-        if own and other:
-            drop = _mean(own) - _mean(other)
-            change = f"drops by {drop:.2f}" if drop > 0 else f"rises by {-drop:.2f}"
-            out.append(f"- {METHODS[key].label} with another task's demos: ROUGE-L {change}"
-                       + (" (it uses the demos)." if drop > 1 else
-                          " (under 1 point: it hardly adapts to the demos)."))
+        for control, part in CONTROL_KEYS.items():
+            own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", part)
+            if own and other:
+                drop = _mean(own) - _mean(other)
+                change = f"drops by {drop:.2f}" if drop > 0 else f"rises by {-drop:.2f}"
+                out.append(f"- {METHODS[key].label} with {CONTROL_TITLES[control]}: ROUGE-L {change}"
+                           + (" (it uses the demos)." if drop > 1 else
+                              " (under 1 point: it hardly adapts to the demos)."))
     return out
 
 
@@ -161,6 +186,17 @@ def _attention(runs: dict[str, Any], out: Path) -> list[str]:
     return [f"![Figure 1 analogue]({out.parent.name}/{out.name})"]
 
 
+def _steps_note(config: dict[str, Any]) -> list[str]:
+    """Whether the FT baselines had as many optimizer steps as each hypernetwork, per data source."""
+    notes = []
+    for label, steps in config.get("steps", {}).items():
+        same = steps.get("finetune") == steps.get("train")
+        notes.append(f"{label}: the FT baselines get {steps.get('finetune')} optimizer steps, "
+                     + ("the same as each hypernetwork (same batch)." if same else
+                        f"not the {steps.get('train')} of each hypernetwork."))
+    return ([" ".join(notes), ""] if notes else [])
+
+
 def write_report(results: dict[str, Any], report: Path, figures: bool = True) -> Path:
     """Write ``report`` (Markdown) and its PNGs beside it, in ``<report stem>/``."""
     report = Path(report)
@@ -175,7 +211,12 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
              f"Steps: {config['steps']}  ",
              f"Scale: {config['scale_settings']}", "",
              "Scores are on held-out tasks (exact match and ROUGE-L, 0-100; mean ± sample standard deviation over "
-             "seeds). All methods share one frozen main model M0 and the same evaluation instances.", ""]
+             "seeds). All methods share one frozen main model M0 and the same evaluation instances.", "",
+             "**Main caveat.** M0, the frozen main model every method starts from, is itself multi-task fine-tuned "
+             "on the training tasks (no pretrained T5 can be had here), unlike the paper's pretrained LM. Every "
+             "method therefore starts from a model that has already been trained on these tasks, and the FT "
+             "baselines continue a training M0 already had; the gaps between methods are not the paper's gaps "
+             "between methods on a pretrained model.", ""] + _steps_note(config)
     if results.get("skipped"):
         groups: dict[str, list[str]] = {}
         for skipped in results["skipped"]:
@@ -188,9 +229,11 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
         if alpha_table(runs):
             lines += ["", "### alpha, chosen on the validation split (training tasks held back, never test tasks)",
                       ""] + alpha_table(runs)
-        lines += ["", "### Control: another task's demos", "",
+        lines += ["", "### Controls: another task's demos, random demos, no demos", "",
                   "Each held-out task evaluated with the demos of another held-out task (its neighbour in the "
-                  "list). A method that adapts to the demos should drop.", ""] + control_table(runs)
+                  "list), with random tokens of the same length as its demos, and with no demos "
+                  "(`hypergen eval --control other|random|none`). A method that adapts to the demos should drop "
+                  "under each; the gap is own minus control ROUGE-L, its sd over seeds.", ""] + control_table(runs)
         lines += ["", "### Findings (read off the numbers above)", ""] + findings(runs)
         if figures:
             fig_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Run the reproduction study: every method on every data source and seed, each run a normal run folder.
 
 Layout under ``OUT/<scale>-<profile>/``: ``<data>/main`` (M0), ``<data>/<method>-s<seed>`` (a run folder per
-method and seed: recipe.json, metrics.jsonl, eval/, and for the demos control eval-other-demos/; with an alpha grid,
+method and seed: recipe.json, metrics.jsonl, eval/, and for the demos controls eval-control-<name>/; with an alpha grid,
 the methods with local consistency get a sweep folder instead: ``alpha=<a>/`` run folders, sweep.md, sweep.json,
 the chosen run tested), ``<data>/recipes/`` (the recipe files trained) and ``results.json`` (every score so far,
 rewritten atomically after each run). A study that was stopped continues where it stopped when started again with
@@ -19,8 +19,8 @@ from ..errors import HypergenError
 from ..io import atomic_write_json, atomic_write_text
 from ..recipe import parse_recipe
 from ..runs import resolve_device
-from .plan import CONTROL, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, main_recipe, method_recipe, \
-    max_new_tokens, SCALES
+from .plan import CONTROL, CONTROL_KEYS, LORA_RANK, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, \
+    main_recipe, method_recipe, max_new_tokens, SCALES
 
 
 class Study:
@@ -150,16 +150,20 @@ class Study:
         return Path(result["chosen_run"])
 
     def _control(self, label: str, key: str, seed: int, run_dir: Path) -> None:
-        """The demos control: the same run evaluated with every held-out task given another task's demos."""
-        from ..pipeline import OTHER_DEMOS_DIR, evaluate_run
+        """The demos controls: the same run evaluated with every held-out task given another task's demos, random
+        tokens of the same length, and no demos (``hypergen eval --control``)."""
+        from ..data.controls import control_dir
+        from ..pipeline import evaluate_run
 
-        scores_file = run_dir / OTHER_DEMOS_DIR / "scores.json"
         own_scores = run_dir / "eval" / "scores.json"
-        if not scores_file.is_file() or scores_file.stat().st_mtime < own_scores.stat().st_mtime:  # stale: redo
-            evaluate_run(str(run_dir), progress=False, other_demos=True, device=resolve_device(self.cfg.device, "--device"))
         entry = self._entry(label, key, seed)
-        entry["other_demos"] = json.loads(scores_file.read_text())["overall"]
-        self.log(f"  with other tasks' demos: {_scores_line(entry['other_demos'])}")
+        for control, result_key in CONTROL_KEYS.items():
+            scores_file = run_dir / control_dir(control) / "scores.json"
+            if not scores_file.is_file() or scores_file.stat().st_mtime < own_scores.stat().st_mtime:  # stale: redo
+                evaluate_run(str(run_dir), progress=False, control=control,
+                             device=resolve_device(self.cfg.device, "--device"))
+            entry[result_key] = json.loads(scores_file.read_text())["overall"]
+            self.log(f"  control {control}: {_scores_line(entry[result_key])}")
         self._save()
 
     # --------------------------------------------------------------------------- per-task backprop baselines
@@ -173,7 +177,7 @@ class Study:
         run_dir = folder / f"{method.key}-s{seed}"
         scale, steps = SCALES[self.cfg.scale], self.cfg.steps_for(source)
         settings = {"kind": "per_task", "peft": method.peft, "steps": steps.per_task, "seed": seed,
-                    "lr": scale.per_task_lr[method.peft], "prefix_length": scale.prefix_length, "lora_rank": 8,
+                    "lr": scale.per_task_lr[method.peft], "prefix_length": scale.prefix_length, "lora_rank": LORA_RANK,
                     "main_model": str(model_dir), "eval_instances": steps.eval_instances}
         scores_file = run_dir / "eval" / "scores.json"
         settings_file = run_dir / "per_task.json"
