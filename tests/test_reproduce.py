@@ -209,3 +209,51 @@ def test_study_sweeps_alpha_on_validation_and_tests_the_chosen_run(tmp_path):
     assert second.returncode == 0 and " steps -> " not in second.stderr and "training alpha" not in second.stderr
     both = subprocess.run(args + ["--alpha", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert both.returncode == 2 and "--alpha-grid: give --alpha" in both.stderr
+
+
+def test_multi_task_peft_and_no_fusion_rows_are_recipes_of_the_trainer_and_ft_gets_the_same_steps(tmp_path):
+    cfg = StudyConfig(data=[("embedded", None)])
+    row = lambda key: method_recipe(cfg, METHODS[key], "embedded", None, tmp_path, 0)  # noqa: E731
+    for key, peft in (("prefix_few_shot", {"name": "prefix", "length": plan.SCALES["tiny"].prefix_length}),
+                      ("lora_few_shot", {"name": "lora", "rank": plan.LORA_RANK})):
+        recipe = row(key)
+        assert recipe["hypernetwork"]["generator"] == {"name": "learned_states"} and recipe["peft"] == peft
+        assert recipe["hypernetwork"]["fusion_in_decoder"] is False and recipe["data"]["demos_in_input"] is True
+        parse_recipe(recipe)
+    no_fusion = row("hypertuning_no_fusion")
+    assert no_fusion["hypernetwork"]["fusion_in_decoder"] is False and "demos_in_input" not in no_fusion["data"]
+    assert no_fusion["hypernetwork"]["generator"] == row("hypertuning")["hypernetwork"]["generator"]
+    assert row("hypertuning")["hypernetwork"]["fusion_in_decoder"] is True
+    for profile in ("full", "quick"):
+        for source in ("embedded", "sni"):
+            steps = StudyConfig(data=[], profile=profile).steps_for(source)
+            assert steps.finetune == steps.train
+    assert row("ft_few_shot")["training"]["steps"] == row("hart")["training"]["steps"]
+    assert StudyConfig(data=[], steps=7).steps_for("embedded").finetune == 7
+    assert METHODS["prefix_tuning"].label == "Prefix-Tuning, per task by backprop (what one forward pass replaces)"
+    assert {"prefix_few_shot", "lora_few_shot", "hypertuning_no_fusion"} <= set(plan.CONTROL) & set(plan.TABLE2)
+
+
+def test_report_gives_every_control_its_gap_and_sd_and_states_the_caveat(tmp_path):
+    from hypergen.reproduce.report import table5, write_report
+
+    seeds = [{"overall": {"exact_match": 0.0, "rougeL": own, "instances": 4},
+              "other_demos": {"exact_match": 0.0, "rougeL": own - 5, "instances": 4},
+              "random_demos": {"exact_match": 0.0, "rougeL": own - gap, "instances": 4},
+              "no_demos": {"exact_match": 0.0, "rougeL": own, "instances": 4}} for own, gap in ((30.0, 2.0), (34.0, 6.0))]
+    runs = {"prefix_few_shot": dict(enumerate(seeds)), "hypertuning_no_fusion": {"0": seeds[0]}}
+    rows = {line.split(" | ")[0]: line for line in control_table(runs)}
+    assert rows["| Prefix-Tuning (multi-task, FT-Few-Shot)"] == (
+        "| Prefix-Tuning (multi-task, FT-Few-Shot) | 32.00 ± 2.83 | 27.00 ± 2.83 | +5.00 | 0.00 | 28.00 ± 0.00 | "
+        "+4.00 | 2.83 | 32.00 ± 2.83 | +0.00 | 0.00 |")
+    assert rows["| HyperTuning w/o fusion-in-decoder"].endswith("| 30.00 | +0.00 | — |")  # one seed: no sd
+    text = "\n".join(findings(runs))
+    assert "Prefix-Tuning (multi-task, FT-Few-Shot) with random demos: ROUGE-L drops by 4.00 (it uses" in text
+    assert "with no demos: ROUGE-L does not change (under 1 point" in text
+    assert "| - both, - fusion-in-decoder (HyperTuning w/o fusion) | – | – | – | 0.00 | 30.00 |" in "\n".join(
+        table5(runs))
+    results = {"config": {"name": "t", "command": "c", "seeds": 2, "scale_settings": {},
+                          "steps": {"embedded": {"train": 9, "finetune": 9}}}, "runs": {"embedded": runs}}
+    report = write_report(results, tmp_path / "r.md", figures=False).read_text()
+    assert "**Main caveat.** M0, the frozen main model every method starts from, is itself multi-task fine-tuned" in report
+    assert "embedded: the FT baselines get 9 optimizer steps, the same as each hypernetwork" in report

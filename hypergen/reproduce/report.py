@@ -139,7 +139,8 @@ def findings(runs: dict[str, Any]) -> list[str]:
             own, other = _values(runs, key, "rougeL"), _values(runs, key, "rougeL", part)
             if own and other:
                 drop = _mean(own) - _mean(other)
-                change = f"drops by {drop:.2f}" if drop > 0 else f"rises by {-drop:.2f}"
+                change = (f"drops by {drop:.2f}" if drop > 0 else f"rises by {-drop:.2f}" if drop < 0
+                          else "does not change")
                 out.append(f"- {METHODS[key].label} with {CONTROL_TITLES[control]}: ROUGE-L {change}"
                            + (" (it uses the demos)." if drop > 1 else
                               " (under 1 point: it hardly adapts to the demos)."))
