@@ -174,7 +174,7 @@ class Trainer:
                 self._load_regularizers(regularizer_states)  # this step's states never happened
                 parts = {"loss": None, "skipped": problem}
             else:
-                self._average_parts(parts)
+                parts = self._read_parts(parts)
             self.step += 1
             examples += seen
             rate = examples / max(time.perf_counter() - started, 1e-9)
@@ -196,24 +196,26 @@ class Trainer:
         self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
 
-    def _accumulate(self) -> tuple[dict[str, Any], int, str | None]:
-        """The forward and backward passes of one step's micro-batches: (the loss parts averaged over them, the
-        examples seen by all processes, None or why the step must be dropped: then it stops at that micro-batch)."""
+    def _accumulate(self) -> tuple[dict[str, torch.Tensor], int, str | None]:
+        """The forward and backward passes of one step's micro-batches: (the loss parts averaged over them, float64
+        scalar tensors not yet read from the device, the examples seen by all processes, None or why the step must
+        be dropped: then it stops at that micro-batch)."""
         self.method.train()
         self.backend.zero_grad()
-        parts_sum: dict[str, Any] = {}
+        parts_sum: dict[str, torch.Tensor] = {}
         seen = 0
         for micro in range(self.accumulation):
             batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
                                   demos_in_input=self.method.train_demos_in_input).to(self.device)
-            with self._autocast(), self.backend.forward():
+            last = micro == self.accumulation - 1
+            with self._autocast(), self.backend.forward(last):
                 loss, parts = self.method.loss(batch, self.step)
-            problem = self.backend.backward_if_finite(loss, last=micro == self.accumulation - 1)
+            problem = self.backend.backward(loss, last)
             if problem is not None:
                 return parts_sum, seen, problem
             seen += batch.num_examples * self.dist.world_size
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
+            for k, v in parts.items():  # float64, as a Python float sum would be
+                parts_sum[k] = parts_sum.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64) / self.accumulation
         return parts_sum, seen, None
 
     def _skipped(self, problem: str, bar) -> None:
@@ -238,14 +240,16 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
 
-    def _average_parts(self, parts_sum: dict[str, Any]) -> None:
-        """The logged loss parts, averaged over the processes (one all-reduce)."""
-        if not self.dist.active:
-            return
-        keys = sorted(k for k, v in parts_sum.items() if isinstance(v, float))
-        values = torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64, device=collective_device())
+    def _read_parts(self, parts_sum: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The logged loss parts as floats, averaged over the processes: one read of the device (and one
+        all-reduce with several processes)."""
+        if not parts_sum:
+            return {}
+        keys = sorted(parts_sum)
+        values = torch.stack([parts_sum[k].to(collective_device() if self.dist.active else parts_sum[k].device)
+                              for k in keys])
         self.dist.all_reduce_mean_([values])
-        parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
+        return dict(zip(keys, values.tolist()))
 
 
 def _smooth(smoothed: dict[str, float], parts: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ Adam) and the linear schedule, the gradients all-reduced over the processes befo
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from contextlib import nullcontext
@@ -27,7 +28,7 @@ class TorchBackend:
         self.optimizer = make_optimizer(method.module.parameters(), cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
 
-    def forward(self):
+    def forward(self, last: bool = True):
         return nullcontext()
 
     def eval_context(self):
@@ -35,23 +36,28 @@ class TorchBackend:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self.losses: list[torch.Tensor] = []  # the step's micro-batch losses, read once in step
 
-    def backward_if_finite(self, loss: torch.Tensor, last: bool) -> str | None:
-        if not torch.isfinite(loss):
-            return f"non-finite loss ({loss.item()})"
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Backward of ``loss / accumulation``, without reading it: a non-finite loss is found in :meth:`step`
+        (its NaN gradients are never applied)."""
+        self.losses.append(loss.detach().float())
         (loss / self.accumulation).backward()
-        return None
 
     def step(self, problem: str | None) -> str | None:
-        if self.dist.active:  # one process's non-finite loss stops the update on all of them
-            if self.dist.any(problem is not None) and problem is None:
-                problem = "non-finite loss in another process"
-            if problem is None:
-                self._average_gradients()
-        if problem is None:
-            norm = self._grad_norm()
-            if not torch.isfinite(norm):
-                problem = f"non-finite gradient norm ({norm.item()})"
+        """Average the gradients (several processes), clip them, and update, unless a loss of the step or the
+        gradient norm is non-finite: the step's one read of the device (one flag for both)."""
+        if self.dist.active:
+            self._average_gradients()
+        norm = self._grad_norm()
+        *losses, norm_value = torch.stack([*self.losses, norm.float().to(self.losses[0].device)]).tolist()
+        bad_loss = next((value for value in losses if not math.isfinite(value)), None)
+        if bad_loss is not None:
+            problem = f"non-finite loss ({bad_loss})"
+        if self.dist.active and self.dist.any(problem is not None) and problem is None:
+            problem = "non-finite loss in another process"  # one process's non-finite loss stops them all
+        if problem is None and not math.isfinite(norm_value):
+            problem = f"non-finite gradient norm ({norm_value})"
         if problem is None:
             try:
                 self.optimizer.step()

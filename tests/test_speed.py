@@ -1,0 +1,51 @@
+"""The training hot path: loss parts stay tensors until logged, batches are prepared ahead, the FLOP estimate."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hypergen.data.sampling import TaskSampler
+from hypergen.recipe import parse_recipe
+from hypergen.runs import assemble, load_tasks
+from hypergen.training.methods import HypernetMethod
+from hypergen.training.trainer import Trainer
+
+from test_training import embedded_recipe
+
+
+def _trainer(tmp_path, name: str, steps: int = 3) -> Trainer:
+    """A Trainer of the tiny embedded recipe, 2 micro-batches a step, its local_consistency regularizer on."""
+    data = embedded_recipe(tmp_path, steps)
+    data["training"].update({"batch_size": 8, "micro_batch_size": 4, "threads": 1, "device": "cpu",
+                             "checkpoint_every": 100})
+    recipe = parse_recipe(data)
+    random.seed(0)
+    torch.manual_seed(0)
+    assembled = assemble(recipe, torch.device("cpu"))
+    sampler = TaskSampler(load_tasks(recipe, "train"), 0, recipe.data.queries_per_task)
+    return Trainer(assembled.method, sampler, assembled.collator, recipe.training, tmp_path / name,
+                   assembled.device, progress=False)
+
+
+def test_loss_parts_are_tensors_and_the_records_equal_the_float_path(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, "tensors")
+    tensor_records = trainer.fit()
+    batch = trainer.collator(TaskSampler(trainer.sampler.tasks, 1, 4).next_batch(1), demos_in_input=0.0)
+    _, parts = trainer.method.loss(batch, 0)
+    assert set(parts) == {"loss", "local_consistency"}
+    assert all(isinstance(v, torch.Tensor) and v.shape == () and not v.requires_grad for v in parts.values())
+
+    original = HypernetMethod.loss
+
+    def float_parts(self, batch, step):  # what methods returned before: each part read at once
+        loss, parts = original(self, batch, step)
+        return loss, {k: float(v) for k, v in parts.items()}
+
+    monkeypatch.setattr(HypernetMethod, "loss", float_parts)
+    float_records = _trainer(tmp_path, "floats").fit()
+    drop_rate = [{k: v for k, v in r.items() if k != "examples_per_s"} for r in tensor_records]
+    assert drop_rate == [{k: v for k, v in r.items() if k != "examples_per_s"} for r in float_records]
+    assert all(isinstance(r["loss"], float) and isinstance(r["local_consistency"], float) for r in tensor_records)
