@@ -4,6 +4,7 @@ Adam) and the linear schedule, the gradients all-reduced over the processes befo
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 from contextlib import nullcontext
@@ -70,7 +71,7 @@ class TorchBackend:
         else:
             self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # a skipped first update: torch warns that the schedule stepped first
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()  # a skipped update still counts as a step
         return problem
 
