@@ -11,6 +11,7 @@ from hypergen.data.sampling import TaskSampler
 from hypergen.recipe import parse_recipe
 from hypergen.runs import assemble, load_tasks
 from hypergen.training.methods import HypernetMethod
+from hypergen.training.prefetch import PrefetchedBatches
 from hypergen.training.trainer import Trainer
 
 from test_training import embedded_recipe
@@ -49,3 +50,25 @@ def test_loss_parts_are_tensors_and_the_records_equal_the_float_path(tmp_path, m
     drop_rate = [{k: v for k, v in r.items() if k != "examples_per_s"} for r in tensor_records]
     assert drop_rate == [{k: v for k, v in r.items() if k != "examples_per_s"} for r in float_records]
     assert all(isinstance(r["loss"], float) and isinstance(r["local_consistency"], float) for r in tensor_records)
+
+
+def test_prefetched_batches_are_the_samplers_and_the_saved_state_excludes_the_one_drawn_ahead(tmp_path):
+    trainer = _trainer(tmp_path, "prefetch")
+    reference = TaskSampler(trainer.sampler.tasks, 0, trainer.sampler.queries_per_task)
+    batches = PrefetchedBatches(trainer.sampler, trainer.collator, 2, 0.0, torch.device("cpu"))
+    for _ in range(3):
+        batch = batches.next()
+        expected = trainer.collator(reference.next_batch(2), demos_in_input=0.0)
+        assert torch.equal(batch.input_ids, expected.input_ids) and torch.equal(batch.labels, expected.labels)
+        assert batches.consumed_state == reference.state_dict()  # not the state after the batch drawn ahead
+    batches.settle()
+    assert trainer.sampler.state_dict() != reference.state_dict()  # the fourth batch was drawn ahead
+    batches.close()
+    assert trainer.sampler.state_dict() == reference.state_dict()
+
+    trainer.fit()  # 3 steps of 2 micro-batches: the sampler ends after the 6 batches used, not the 7th drawn
+    assert trainer._state()["sampler"] == trainer.sampler.state_dict()
+    fresh = TaskSampler(trainer.sampler.tasks, 0, trainer.sampler.queries_per_task)
+    for _ in range(3 + 6):
+        fresh.next_batch(trainer.tasks_per_micro if _ >= 3 else 2)
+    assert trainer.sampler.state_dict() == fresh.state_dict()

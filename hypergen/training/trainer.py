@@ -44,6 +44,7 @@ from .checkpoint import (begin_checkpoint, finish_checkpoint, list_checkpoints, 
 from .distributed import SINGLE, Dist, accumulation_steps, collective_device
 from .faults import maybe_kill
 from .metrics_log import append_metrics, truncate_metrics
+from .prefetch import PrefetchedBatches
 
 
 class Trainer:
@@ -67,12 +68,13 @@ class Trainer:
         self.backend = make_backend(method, cfg, distributed, dist, self.accumulation)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
         self.step = 0
+        self.batches: PrefetchedBatches | None = None  # while fit runs
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.consumed_state if self.batches else self.sampler.state_dict(),
             "regularizers": [r.state_dict() for r in self.method.regularizers],
             "torch_rng": torch.get_rng_state(),
             "python_rng": _jsonable(random.getstate()),
@@ -160,6 +162,8 @@ class Trainer:
         smoothed: dict[str, float] = {}  # the progress bar's moving averages
         examples, started = 0, time.perf_counter()
         self.skipped_in_a_row = 0  # consecutive skipped updates (training.max_consecutive_skips)
+        self.batches = PrefetchedBatches(self.sampler, self.collator, self.tasks_per_micro,
+                                         self.method.train_demos_in_input, self.device)
         while self.step < cfg.steps:
             regularizer_states = [copy.deepcopy(r.state_dict()) for r in self.method.regularizers]
             parts, seen, problem = self._accumulate()
@@ -183,6 +187,7 @@ class Trainer:
             bar.update(1)
             record = {"step": self.step, **parts, "lr": self.backend.lr(), "examples_per_s": rate}
             if self._evaluates_now():
+                self.batches.settle()  # the collator's tokenizer, free for the evaluation
                 with self.backend.eval_context():
                     record["eval"] = self.evaluate_fn()["overall"]
                 bar.write(f"step {self.step}: eval {record['eval']}")
@@ -192,6 +197,8 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
+        self.batches.close()  # the sampler back where the batches used leave it
+        self.batches = None
         bar.close()
         self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
@@ -205,8 +212,7 @@ class Trainer:
         parts_sum: dict[str, torch.Tensor] = {}
         seen = 0
         for micro in range(self.accumulation):
-            batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
-                                  demos_in_input=self.method.train_demos_in_input).to(self.device)
+            batch = self.batches.next()
             last = micro == self.accumulation - 1
             with self._autocast(), self.backend.forward(last):
                 loss, parts = self.method.loss(batch, self.step)
