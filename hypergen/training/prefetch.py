@@ -20,20 +20,23 @@ from ..data.sampling import TaskSampler
 
 
 class PrefetchedBatches:
-    """``next()``: the next micro-batch of ``tasks_per_micro`` draws (each with the sampler's queries), on ``device``."""
+    """``next()``: the next micro-batch of ``tasks_per_micro`` draws (each with the sampler's queries), on ``device``.
+
+    ``sampler``: a :class:`TaskSampler`, or anything with its ``next_batch`` (then :attr:`consumed_state` is None)."""
 
     def __init__(self, sampler: TaskSampler, collator: Collator, tasks_per_micro: int, demos_in_input: float,
                  device) -> None:
         self.sampler, self.collator, self.tasks_per_micro = sampler, collator, tasks_per_micro
         self.demos_in_input, self.device = demos_in_input, device
-        self.consumed_state: dict[str, Any] = sampler.state_dict()
+        self._stateful = hasattr(sampler, "state_dict")  # a test's stand-in may have no state to checkpoint
+        self.consumed_state: dict[str, Any] | None = sampler.state_dict() if self._stateful else None
         ahead = not 0 < demos_in_input < 1
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="hypergen-batches") if ahead else None
         self._ahead: Future | None = None
 
     def _draw(self) -> tuple[Batch, dict[str, Any]]:
         batch = self.collator(self.sampler.next_batch(self.tasks_per_micro), demos_in_input=self.demos_in_input)
-        return batch, self.sampler.state_dict()
+        return batch, self.sampler.state_dict() if self._stateful else None
 
     def next(self) -> Batch:
         """The next micro-batch; the one after it starts being prepared at once."""
@@ -57,4 +60,5 @@ class PrefetchedBatches:
         if self._worker is not None:
             self._worker.shutdown(wait=True)
         self._ahead = None
-        self.sampler.load_state_dict(self.consumed_state)
+        if self._stateful:
+            self.sampler.load_state_dict(self.consumed_state)

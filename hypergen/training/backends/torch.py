@@ -1,5 +1,7 @@
 """hypergen's own update, in one process or with ``distributed.backend: "ddp"``: the optimizer (AdamW or 8-bit
-Adam) and the linear schedule, the gradients all-reduced over the processes before clipping and the step."""
+Adam) and the linear schedule. With several processes the module's forward runs through torch's
+DistributedDataParallel: the gradients are averaged in buckets while the backward pass of a step's last micro-batch
+runs (no communication at the others), before clipping and the step."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import math
 import re
 import warnings
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ...errors import HypergenError
 from ..distributed import Dist
@@ -28,9 +31,22 @@ class TorchBackend:
         self.method, self.cfg, self.dist, self.accumulation = method, cfg, dist, accumulation
         self.optimizer = make_optimizer(method.module.parameters(), cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
+        self.data_parallel = _data_parallel(method.module, dist) if dist.active else None
 
     def forward(self, last: bool = True):
-        return nullcontext()
+        """With several processes: the method's module called through DistributedDataParallel, whose gradients
+        are averaged only in the backward pass of the step's ``last`` micro-batch."""
+        return nullcontext() if self.data_parallel is None else self._through_data_parallel(last)
+
+    @contextmanager
+    def _through_data_parallel(self, last: bool) -> Iterator[None]:
+        module = self.method.module
+        self.data_parallel.require_backward_grad_sync = last  # what DistributedDataParallel.no_sync sets
+        self.method.module = self.data_parallel
+        try:
+            yield
+        finally:
+            self.method.module = module
 
     def eval_context(self):
         return nullcontext()
@@ -48,9 +64,7 @@ class TorchBackend:
     def step(self, problem: str | None) -> str | None:
         """Average the gradients (several processes), clip them, and update, unless a loss of the step or the
         gradient norm is non-finite: the step's one read of the device (one flag for both)."""
-        if self.dist.active:
-            self._average_gradients()
-        norm = self._grad_norm()
+        norm = self._grad_norm()  # with several processes: of the gradients averaged in the last backward pass
         *losses, norm_value = torch.stack([*self.losses, norm.float().to(self.losses[0].device)]).tolist()
         bad_loss = next((value for value in losses if not math.isfinite(value)), None)
         if bad_loss is not None:
@@ -77,14 +91,6 @@ class TorchBackend:
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
-
-    def _average_gradients(self) -> None:
-        """Average the gradients over the processes: one all-reduce."""
-        params = [p for p in self.method.module.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # unused here: every process must all-reduce the same tensors
-                p.grad = torch.zeros_like(p)
-        self.dist.all_reduce_mean_([p.grad for p in params])
 
     def _grad_norm(self) -> torch.Tensor:
         """The gradients' total norm, clipped to ``max_grad_norm`` when set (non-finite norms are left alone)."""
@@ -115,3 +121,12 @@ class TorchBackend:
 
     def finish(self) -> None:
         """Nothing to do: the module holds the trained weights."""
+
+
+def _data_parallel(module: torch.nn.Module, dist: Dist) -> DistributedDataParallel:
+    """``module`` (already on its device) wrapped for bucketed gradient averaging over the processes. Parameters a
+    forward pass leaves unused are allowed (found from the output's tensors); buffers are not broadcast at each
+    forward (every process holds the same ones)."""
+    device_ids = [dist.local_rank] if next(module.parameters()).device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True,
+                                   broadcast_buffers=False)
