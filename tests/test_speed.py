@@ -7,12 +7,14 @@ import random
 import pytest
 import torch
 
+from hypergen.data.collate import Batch
 from hypergen.data.sampling import TaskSampler
 from hypergen.recipe import parse_recipe
 from hypergen.runs import assemble, load_tasks
 from hypergen.training.methods import HypernetMethod
 from hypergen.training.prefetch import PrefetchedBatches
 from hypergen.training.trainer import Trainer
+from hypergen.training.utilisation import Throughput, measured_matmul_flops
 
 from test_training import embedded_recipe
 
@@ -31,6 +33,10 @@ def _trainer(tmp_path, name: str, steps: int = 3) -> Trainer:
                    assembled.device, progress=False)
 
 
+def _without_rates(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("examples_per_s", "tokens_per_s", "flops_per_s", "utilisation")}
+
+
 def test_loss_parts_are_tensors_and_the_records_equal_the_float_path(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path, "tensors")
     tensor_records = trainer.fit()
@@ -47,8 +53,7 @@ def test_loss_parts_are_tensors_and_the_records_equal_the_float_path(tmp_path, m
 
     monkeypatch.setattr(HypernetMethod, "loss", float_parts)
     float_records = _trainer(tmp_path, "floats").fit()
-    drop_rate = [{k: v for k, v in r.items() if k != "examples_per_s"} for r in tensor_records]
-    assert drop_rate == [{k: v for k, v in r.items() if k != "examples_per_s"} for r in float_records]
+    assert [_without_rates(r) for r in tensor_records] == [_without_rates(r) for r in float_records]
     assert all(isinstance(r["loss"], float) and isinstance(r["local_consistency"], float) for r in tensor_records)
 
 
@@ -72,3 +77,29 @@ def test_prefetched_batches_are_the_samplers_and_the_saved_state_excludes_the_on
     for _ in range(3 + 6):
         fresh.next_batch(trainer.tasks_per_micro if _ >= 3 else 2)
     assert trainer.sampler.state_dict() == fresh.state_dict()
+
+
+def test_the_flop_count_equals_a_hand_count_and_the_records_carry_the_rates(tmp_path):
+    """A frozen layer then a trained one, 6 tokens: forward 2*6*(8*16 + 16*4); backward: the trained layer's weight
+    and input gradients (2 x 2*6*16*4), the frozen layer's input gradient only (2*6*8*16: its weight gets none).
+    batch_tokens counts 6 (2 demo + 3 input + 1 target)."""
+    frozen, trained = torch.nn.Linear(8, 16, bias=False), torch.nn.Linear(16, 4, bias=False)
+    frozen.weight.requires_grad_(False)
+    batch = Batch(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), torch.zeros(1, dtype=torch.long),
+                  torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3), torch.zeros(1, 1, dtype=torch.long), ["t"], [])
+    meter = Throughput(torch.device("cpu"), bf16=False)
+    x = torch.randn(6, 8, requires_grad=True)
+    with meter.measure(batch):
+        trained(frozen(x)).sum().backward()
+    forward = 2 * 6 * (8 * 16 + 16 * 4)
+    assert meter.flops == forward + 2 * (2 * 6 * 16 * 4) + 2 * 6 * 8 * 16
+    with meter.measure(batch):  # estimated, not counted: the same tokens, the same FLOPs
+        pass
+    assert meter.flops == 2 * (forward + 2 * (2 * 6 * 16 * 4) + 2 * 6 * 8 * 16) and meter.tokens == 12
+    rates = meter.rates(examples=2, seconds=0.5)
+    assert rates == {"examples_per_s": 4.0, "tokens_per_s": 24.0, "flops_per_s": meter.flops / 0.5,
+                     "utilisation": meter.flops / 0.5 / meter.peak}
+    assert meter.peak_source == "measured" and measured_matmul_flops("cpu", torch.float32) == meter.peak
+
+    records = _trainer(tmp_path, "rates", steps=2).fit()
+    assert all(r["tokens_per_s"] > r["examples_per_s"] > 0 and 0 < r["utilisation"] < 1 for r in records)

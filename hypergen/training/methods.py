@@ -22,7 +22,8 @@ from ..models.adapted import adapted_forward, adapted_generate
 from ..models.hypernet import HyperNetwork, TaskParameters
 from ..registry import registry
 
-RECORD_KEYS = ("step", "loss", "skipped", "lr", "examples_per_s", "eval")  # a metrics.jsonl record's own keys
+RECORD_KEYS = ("step", "loss", "skipped", "lr", "examples_per_s", "tokens_per_s", "flops_per_s", "utilisation",
+               "eval")  # a metrics.jsonl record's own keys
 
 
 class HypernetMethod:

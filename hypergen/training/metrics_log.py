@@ -1,5 +1,6 @@
 """A run's training log, ``RUN/metrics.jsonl``: one JSON object per logged step, ``{"step", "loss", <one key per
-regularizer>, "lr", "examples_per_s"}`` (a skipped update: ``"loss": null`` and a ``"skipped"`` reason; a periodic
+regularizer>, "lr", "examples_per_s", "tokens_per_s", "flops_per_s", "utilisation"}`` (the rates since the run, or
+its resumption, started; :mod:`.utilisation` says how the FLOPs are counted) (a skipped update: ``"loss": null`` and a ``"skipped"`` reason; a periodic
 evaluation adds ``"eval"``). The one reader and writer of that file: the trainer appends and, on resume, truncates;
 plots and reports read.
 

@@ -45,6 +45,7 @@ from .distributed import SINGLE, Dist, accumulation_steps, collective_device
 from .faults import maybe_kill
 from .metrics_log import append_metrics, truncate_metrics
 from .prefetch import PrefetchedBatches
+from .utilisation import Throughput
 
 
 class Trainer:
@@ -67,6 +68,7 @@ class Trainer:
         self.accumulation = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, dist.world_size)
         self.backend = make_backend(method, cfg, distributed, dist, self.accumulation)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
+        self.throughput = Throughput(device, self.autocast)
         self.step = 0
         self.batches: PrefetchedBatches | None = None  # while fit runs
 
@@ -181,11 +183,13 @@ class Trainer:
                 parts = self._read_parts(parts)
             self.step += 1
             examples += seen
-            rate = examples / max(time.perf_counter() - started, 1e-9)
+            rates = self.throughput.rates(examples, time.perf_counter() - started, self.dist.world_size)
             _smooth(smoothed, parts)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in smoothed.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in smoothed.items()}, "ex/s": f"{rates['examples_per_s']:.1f}",
+                             "tok/s": f"{rates['tokens_per_s']:.0f}", "util": f"{rates['utilisation']:.1%}"},
+                            refresh=False)
             bar.update(1)
-            record = {"step": self.step, **parts, "lr": self.backend.lr(), "examples_per_s": rate}
+            record = {"step": self.step, **parts, "lr": self.backend.lr(), **rates}
             if self._evaluates_now():
                 self.batches.settle()  # the collator's tokenizer, free for the evaluation
                 with self.backend.eval_context():
@@ -214,9 +218,10 @@ class Trainer:
         for micro in range(self.accumulation):
             batch = self.batches.next()
             last = micro == self.accumulation - 1
-            with self._autocast(), self.backend.forward(last):
-                loss, parts = self.method.loss(batch, self.step)
-            problem = self.backend.backward(loss, last)
+            with self.throughput.measure(batch):
+                with self._autocast(), self.backend.forward(last):
+                    loss, parts = self.method.loss(batch, self.step)
+                problem = self.backend.backward(loss, last)
             if problem is not None:
                 return parts_sum, seen, problem
             seen += batch.num_examples * self.dist.world_size
