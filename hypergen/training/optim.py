@@ -17,7 +17,9 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
         except Exception as exc:  # noqa: BLE001 - missing package or no usable backend
             warnings.warn(f"training.optimizer: 8-bit Adam unavailable ({type(exc).__name__}: {exc}); "
                           "falling back to AdamW (pip install bitsandbytes to use it)", stacklevel=2)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one multi-tensor kernel per update operation instead of a Python loop over the parameters (torch
+    # picks it on GPUs by itself, not on CPUs, where it is several times faster for many small tensors)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
