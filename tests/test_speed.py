@@ -14,7 +14,7 @@ from hypergen.runs import assemble, load_tasks
 from hypergen.training.methods import HypernetMethod
 from hypergen.training.prefetch import PrefetchedBatches
 from hypergen.training.trainer import Trainer
-from hypergen.training.utilisation import Throughput, measured_matmul_flops
+from hypergen.training.utilisation import RATE_KEYS, Throughput, measured_matmul_flops
 
 from test_training import embedded_recipe
 
@@ -34,7 +34,7 @@ def _trainer(tmp_path, name: str, steps: int = 3) -> Trainer:
 
 
 def _without_rates(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("examples_per_s", "tokens_per_s", "flops_per_s", "utilisation")}
+    return {k: v for k, v in record.items() if k not in RATE_KEYS}
 
 
 def test_loss_parts_are_tensors_and_the_records_equal_the_float_path(tmp_path, monkeypatch):

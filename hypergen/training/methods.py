@@ -21,9 +21,9 @@ from ..data.collate import Batch
 from ..models.adapted import adapted_forward, adapted_generate
 from ..models.hypernet import HyperNetwork, TaskParameters
 from ..registry import registry
+from .utilisation import RATE_KEYS
 
-RECORD_KEYS = ("step", "loss", "skipped", "lr", "examples_per_s", "tokens_per_s", "flops_per_s", "utilisation",
-               "eval")  # a metrics.jsonl record's own keys
+RECORD_KEYS = ("step", "loss", "skipped", "lr", *RATE_KEYS, "eval")  # a metrics.jsonl record's own keys
 
 
 class HypernetMethod:

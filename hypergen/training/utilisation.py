@@ -24,6 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.collate import Batch
 
+RATE_KEYS = ("examples_per_s", "tokens_per_s", "flops_per_s", "utilisation")  # what Throughput.rates returns
+
 # dense peak TFLOP/s: (bf16 tensor cores, fp32 without TF32), by a substring of torch.cuda.get_device_name()
 GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {
     "H200": (989.0, 67.0),
