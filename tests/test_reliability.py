@@ -51,7 +51,7 @@ def train_args(recipe_file: Path, out: Path) -> list[str]:
 def metrics(run: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock field."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in RATE_KEYS}  # timings for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in RATE_KEYS} for line in lines]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
