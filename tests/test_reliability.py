@@ -49,7 +49,7 @@ def train_args(recipe_file: Path, out: Path) -> list[str]:
 
 
 def metrics(run: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock field."""
+    """metrics.jsonl without the wall-clock rate fields."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in RATE_KEYS} for line in lines]
 
