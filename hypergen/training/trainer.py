@@ -222,7 +222,9 @@ class Trainer:
                 with self._autocast(), self.backend.forward(last):
                     loss, parts = self.method.loss(batch, self.step)
                 problem = self.backend.backward(loss, last)
-            if problem is not None:
+            if problem is not None:  # dropped here (DeepSpeed): the step's other batches are drawn all the same,
+                for _ in range(micro + 1, self.accumulation):  # so the sampler ends where the torch backend's does
+                    self.batches.next()
                 return parts_sum, seen, problem
             seen += batch.num_examples * self.dist.world_size
             for k, v in parts.items():  # float64, as a Python float sum would be
