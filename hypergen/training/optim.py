@@ -14,7 +14,9 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
     params = [p for p in parameters if p.requires_grad]
     if cfg.optimizer == "adam8bit":
         return _adam8bit(params, cfg)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one multi-tensor kernel per update operation instead of a Python loop over the parameters (torch
+    # picks it on GPUs by itself, not on CPUs, where it is several times faster for many small tensors)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def check_optimizer(cfg) -> None:
