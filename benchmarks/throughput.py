@@ -11,7 +11,8 @@ the loop makes: getting a micro-batch (the sampler and collator, or the prefetch
 prepared ahead: then only the wait is counted), ``method.loss`` (forward), the backend's backward, and
 ``backend.step`` (clipping, optimizer, and with the old ``ddp`` the all-reduce); on a GPU each wrapper synchronises
 first (which itself costs a little). The rest of a step (logging, the progress bar, regularizer state copies) is
-``other``. FLOPs per step: counted once from the matmul shapes (torch's FlopCounterMode) of one micro-batch's
+``other``. ``CPU ms/step``: the process's CPU time (every thread) in the median step, steadier than the wall
+time when other processes share the cores (it leaves out the time spent waiting for one). FLOPs per step: counted once from the matmul shapes (torch's FlopCounterMode) of one micro-batch's
 forward and backward, times the micro-batches; utilisation against a measured fp32 matmul (CPU) or the same
 matmul in the training precision on a GPU.
 
@@ -111,7 +112,7 @@ def measure(shape: str, steps: int) -> dict:
         sync = torch.cuda.synchronize if gpu else (lambda: None)
         spent = {phase: 0.0 for phase in PHASES}
         per_step: list[dict[str, float]] = []
-        clock = {"step_start": None}
+        clock = {"step_start": None, "cpu_start": None}
 
         def timed(phase, fn):
             def wrapper(*args, **kwargs):
@@ -132,10 +133,10 @@ def measure(shape: str, steps: int) -> dict:
 
         def step_and_close(problem):
             result = timed("optimizer", step)(problem)
-            now = time.perf_counter()
+            now, cpu_now = time.perf_counter(), time.process_time()
             if clock["step_start"] is not None:
-                per_step.append({**spent, "total": now - clock["step_start"]})
-            clock["step_start"] = now
+                per_step.append({**spent, "total": now - clock["step_start"], "cpu": cpu_now - clock["cpu_start"]})
+            clock["step_start"], clock["cpu_start"] = now, cpu_now
             for phase in PHASES:
                 spent[phase] = 0.0
             return result
@@ -160,6 +161,7 @@ def measure(shape: str, steps: int) -> dict:
     peak = matmul_peak(assembled.device, torch.float32)
     return {"shape": shape, "device": torch.cuda.get_device_name() if gpu else "cpu", "steps": len(per_step),
             "seconds": medians, "examples_per_s": recipe.training.batch_size / medians["total"],
+            "cpu_seconds": statistics.median(s["cpu"] for s in per_step),
             "flops_per_step": flops, "flops_per_s": flops / medians["total"], "peak_flops": peak,
             "utilisation": flops / medians["total"] / peak}
 
@@ -179,13 +181,14 @@ def summarise(results: list[dict]) -> dict:
     seconds = sorted(results, key=lambda r: r["seconds"]["total"])[len(results) // 2]["seconds"]  # median round
     return {**first, "seconds": seconds, "rounds": len(results),
             **{k: statistics.median(r[k] for r in results)
-               for k in ("examples_per_s", "flops_per_s", "peak_flops", "utilisation")}}
+               for k in ("examples_per_s", "cpu_seconds", "flops_per_s", "peak_flops", "utilisation")}}
 
 
 def line(label: str, r: dict) -> str:
     s = r["seconds"]
     phases = " ".join(f"{p} {1000 * s[p]:.1f}" for p in (*PHASES, "other"))
-    return (f"| {r['shape']} | {label} | {1000 * s['total']:.1f} | {phases} | {r['examples_per_s']:.1f} | "
+    return (f"| {r['shape']} | {label} | {1000 * s['total']:.1f} | {1000 * r['cpu_seconds']:.1f} | {phases} | "
+            f"{r['examples_per_s']:.1f} | "
             f"{r['flops_per_step'] / 1e9:.2f} | {r['utilisation']:.2%} |")
 
 
@@ -208,8 +211,8 @@ def main() -> None:
                        check=True, capture_output=True)
         sides = {args.against: worktree, **sides}
     try:
-        print("| shape | code | ms/step | ms per phase | examples/s | GFLOP/step | utilisation |")
-        print("|---|---|---|---|---|---|---|")
+        print("| shape | code | ms/step | CPU ms/step | ms per phase | examples/s | GFLOP/step | utilisation |")
+        print("|---|---|---|---|---|---|---|---|")
         for shape in args.shapes:
             steps = args.steps or (20 if shape == "tiny" else 3)
             results: dict[str, list[dict]] = {label: [] for label in sides}

@@ -77,6 +77,7 @@ class TorchBackend:
             problem = f"non-finite gradient norm ({norm_value})"
         if problem is None:
             try:
+                _check_step_size(self.optimizer)
                 self.optimizer.step()
             except RuntimeError as exc:  # e.g. "value cannot be converted to type float without overflow"
                 if isinstance(exc, torch.OutOfMemoryError):
@@ -123,6 +124,17 @@ class TorchBackend:
 
     def finish(self) -> None:
         """Nothing to do: the module holds the trained weights."""
+
+
+def _check_step_size(optimizer: torch.optim.Optimizer) -> None:
+    """AdamW's step size lr / (1 - beta1^t) must fit in float32: the foreach update raises where it does not
+    (converting it), the fused one would write infinite weights without a word. Checked at its largest (t = 1),
+    from Python floats (no read of the device); other optimizers are left to their own checks."""
+    if not isinstance(optimizer, torch.optim.AdamW):
+        return
+    for group in optimizer.param_groups:
+        if group["lr"] / (1 - group["betas"][0]) > torch.finfo(torch.float32).max:
+            raise RuntimeError("value cannot be converted to type float without overflow")
 
 
 def _data_parallel(module: torch.nn.Module, dist: Dist) -> DistributedDataParallel:
