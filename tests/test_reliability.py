@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from hypergen.cli import main
 from hypergen.training.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from hypergen.training.methods import HypernetMethod
+from hypergen.training.utilisation import RATE_KEYS
 
 from test_training import embedded_recipe
 
@@ -48,9 +49,9 @@ def train_args(recipe_file: Path, out: Path) -> list[str]:
 
 
 def metrics(run: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock field."""
+    """metrics.jsonl without the wall-clock rate fields."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in RATE_KEYS} for line in lines]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.tasks import Task
 from ..training.methods import HypernetMethod
+from ..training.utilisation import peak_flops
 from .measure import summary, timed
 from .setup import Setup
 
@@ -26,7 +28,9 @@ def adaptation_latency(setup: Setup, methods: dict[str, HypernetMethod], tasks: 
     The methods are timed interleaved (task 1 with each, then task 2, ...), so that a burst of load from other
     processes hits them alike. ``warmup`` passes per method first, not counted. Per method: the summary of the
     total seconds (:func:`~hypergen.bench.measure.summary`), the median tokenization time, the mean number of demo
-    tokens and the per-task totals."""
+    tokens, the per-task totals, and the pass's FLOPs (counted from the matmul shapes on the first task, scaled to
+    the mean demo tokens; see :mod:`hypergen.training.utilisation`), FLOP/s at the median and the utilisation of
+    the device's peak."""
     device = setup.device
     for method in methods.values():
         method.module.eval()
@@ -40,11 +44,18 @@ def adaptation_latency(setup: Setup, methods: dict[str, HypernetMethod], tasks: 
             raw[name]["total"].append(total)
             raw[name]["tokenize"].append(seconds_tok)
             raw[name]["tokens"].append(int(mask.sum()))
+    peak, _ = peak_flops(device, bf16=False)
     results = {}
     for name, values in raw.items():
         result = summary(values["total"])
         result["tokenize_median_s"] = summary(values["tokenize"])["median_s"]
         result["demo_tokens_mean"] = sum(values["tokens"]) / len(values["tokens"])
         result["per_task_s"] = values["total"]
+        ids, mask = setup.collator.encode_demos([tasks[0]])
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:  # its module tracker needs autograd
+            methods[name].module(ids.to(device), mask.to(device))
+        flops = counter.get_total_flops() / max(values["tokens"][0], 1) * result["demo_tokens_mean"]
+        result.update(flops=flops, flops_per_s=flops / result["median_s"],
+                      utilisation=flops / result["median_s"] / peak)
         results[name] = result
     return results

@@ -52,6 +52,10 @@ def format_table(result: dict[str, Any]) -> str:
         lat = entry["latency"]
         lines.append(f"{name + ' (tokenize + 1 pass)':<{path_width}}{_ms(lat['median_s']):>12}{_ms(lat['p10_s']):>10}"
                      f"{_ms(lat['p90_s']):>10}{entry['peak_memory_mib']:>10.0f}")
+    passes = [(name, entry["latency"]) for name, entry in result["hypernetworks"].items()]
+    lines.append("  (adaptation passes: " + ", ".join(
+        f"{name} {lat['flops'] / 1e9:.2f} GFLOP, {lat['flops_per_s'] / 1e9:.1f} GFLOP/s = {lat['utilisation']:.0%} "
+        "of the device's peak" for name, lat in passes) + ")")
     for kind, entry in result["finetuning"].items():
         label = f"{'LoRA r=8' if kind == 'lora' else 'prefix'} FT, {steps} steps"
         s = entry["s_steps"]

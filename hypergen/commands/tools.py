@@ -68,7 +68,8 @@ def plot_group() -> None:
               help="Points per window for the variance and the moving average.")
 @click.option("--metric", default="loss", show_default=True,
               help="A numeric key of metrics.jsonl: loss (prediction cross-entropy), a regularizer's name (e.g. "
-                   "local_consistency: its unweighted term), lr, examples_per_s.")
+                   "local_consistency: its unweighted term), lr, examples_per_s, tokens_per_s, flops_per_s, "
+                   "utilisation.")
 def plot_loss_command(runs, labels, out, window, metric) -> None:
     """Draw each run's METRIC against step on one PNG; print a one-line summary per run.
 

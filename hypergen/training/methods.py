@@ -5,7 +5,8 @@ Both offer the same small surface to the Trainer (:class:`.backends.base.Method`
 from a batch's demos, or None) and ``generate(batch, adapted) -> token ids``.
 
 ``parts`` (what ``metrics.jsonl`` logs): ``loss``, the prediction cross-entropy, and each regularizer's unweighted
-term under its registered name (:func:`regularizer_keys`).
+term under its registered name (:func:`regularizer_keys`), as detached scalar tensors: reading them would wait for
+the device, so the Trainer sums them as tensors and reads them once per step.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from ..data.collate import Batch
 from ..models.adapted import adapted_forward, adapted_generate, main_forward, main_generate
 from ..models.hypernet import HyperNetwork, TaskParameters
 from ..registry import registry
+from .utilisation import RATE_KEYS
 
-RECORD_KEYS = ("step", "loss", "skipped", "lr", "examples_per_s", "eval")  # a metrics.jsonl record's own keys
+RECORD_KEYS = ("step", "loss", "skipped", "lr", *RATE_KEYS, "eval")  # a metrics.jsonl record's own keys
 
 
 class HypernetMethod:
@@ -43,16 +45,16 @@ class HypernetMethod:
         self.fusion = fusion
         self.eval_cfg = eval_cfg
 
-    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         task_params = self.module(batch.demo_ids, batch.demo_mask)
         per_example = task_params.select(batch.task_index)
         pred = adapted_forward(self.main_model, self.target, per_example, batch.input_ids, batch.attention_mask,
                                batch.labels, self.fusion).loss
-        total, parts = pred, {"loss": float(pred.detach())}
+        total, parts = pred, {"loss": pred.detach()}
         for key, regularizer in zip(self.regularizer_keys, self.regularizers):
             value = regularizer.loss(task_params.generated.states, step)
             total = total + regularizer.alpha * value
-            parts[key] = float(value.detach())
+            parts[key] = value.detach()
         return total, parts
 
     @torch.no_grad()
@@ -93,9 +95,9 @@ class FinetuneMethod:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
 
-    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = main_forward(self.module, batch.input_ids, batch.attention_mask, batch.labels).loss
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
     def adapt(self, batch: Batch) -> None:
         return None

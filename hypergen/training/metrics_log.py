@@ -1,7 +1,8 @@
 """A run's training log, ``RUN/metrics.jsonl``: one JSON object per logged step, ``{"step", "loss", <one key per
-regularizer>, "lr", "examples_per_s"}`` (a skipped update: ``"loss": null`` and a ``"skipped"`` reason; a periodic
-evaluation adds ``"eval"``). The one reader and writer of that file: the trainer appends and, on resume, truncates;
-plots and reports read.
+regularizer>, "lr", "examples_per_s", "tokens_per_s", "flops_per_s", "utilisation"}``: the rates since the run (or
+its resumption) started, :mod:`.utilisation` says how the FLOPs are counted; a skipped update has ``"loss": null``
+and a ``"skipped"`` reason; a periodic evaluation adds ``"eval"``. The one reader and writer of that file: the
+trainer appends and, on resume, truncates; plots and reports read.
 
 A process killed while writing leaves at most one partial last line: every line is written with one write and a
 flush, and the reader leaves out any line that is not a complete JSON object with a numeric ``step``."""

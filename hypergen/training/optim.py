@@ -14,7 +14,17 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
     params = [p for p in parameters if p.requires_grad]
     if cfg.optimizer == "adam8bit":
         return _adam8bit(params, cfg)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_adamw_kernel(params))
+
+
+def _adamw_kernel(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``fused`` (the whole update of a parameter in one kernel) where torch has it for every parameter's device:
+    on this 2-core CPU 4-5x faster than ``foreach`` for the tiny HART's 85 parameters (31 vs 147 ms CPU time a
+    step), which is itself faster than torch's CPU default, a Python loop of ~10 ops per parameter; else
+    ``foreach``."""
+    if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def check_optimizer(cfg) -> None:

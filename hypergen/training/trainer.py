@@ -45,6 +45,8 @@ from .distributed import SINGLE, Dist, accumulation_steps, collective_device
 from .faults import maybe_kill
 from .loggers import Loggers
 from .metrics_log import truncate_metrics
+from .prefetch import PrefetchedBatches
+from .utilisation import Throughput
 
 
 class Trainer:
@@ -67,14 +69,16 @@ class Trainer:
         self.accumulation = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, dist.world_size)
         self.backend = make_backend(method, cfg, distributed, dist, self.accumulation)
         self.tasks_per_micro = max(1, cfg.micro_batch_size // sampler.queries_per_task)
+        self.throughput = Throughput(device, self.autocast)
         self.step = 0
         self.loggers = Loggers(cfg.loggers)  # metrics.jsonl plus the recipe's training.loggers (rank 0 logs)
+        self.batches: PrefetchedBatches | None = None  # while fit runs
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.consumed_state if self.batches else self.sampler.state_dict(),
             "regularizers": [r.state_dict() for r in self.method.regularizers],
             "torch_rng": torch.get_rng_state(),
             "python_rng": _jsonable(random.getstate()),
@@ -166,6 +170,8 @@ class Trainer:
             atomic_write_json(self.run_dir / "run_info.json",
                               {"optimizer": self.backend.optimizer_name, "backend": self.backend.name})
             self.loggers.open(self.run_dir, self.step)
+        self.batches = PrefetchedBatches(self.sampler, self.collator, self.tasks_per_micro,
+                                         self.method.train_demos_in_input, self.device)
         while self.step < cfg.steps:
             parts, seen, problem = self._accumulate()
             try:
@@ -180,15 +186,18 @@ class Trainer:
                 self._skipped(problem, bar)
                 parts = {"loss": None, "skipped": problem}
             else:
-                self._average_parts(parts)
+                parts = self._read_parts(parts)
             self.step += 1
             examples += seen
-            rate = examples / max(time.perf_counter() - started, 1e-9)
+            rates = self.throughput.rates(examples, time.perf_counter() - started, self.dist.world_size)
             _smooth(smoothed, parts)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in smoothed.items()}, "ex/s": f"{rate:.1f}"}, refresh=False)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in smoothed.items()}, "ex/s": f"{rates['examples_per_s']:.1f}",
+                             "tok/s": f"{rates['tokens_per_s']:.0f}", "util": f"{rates['utilisation']:.1%}"},
+                            refresh=False)
             bar.update(1)
-            record = {"step": self.step, **parts, "lr": self.backend.lr(), "examples_per_s": rate}
+            record = {"step": self.step, **parts, "lr": self.backend.lr(), **rates}
             if self._evaluates_now():
+                self.batches.settle()  # the collator's tokenizer, free for the evaluation
                 with self.backend.eval_context():
                     record["eval"] = self.evaluate_fn()["overall"]
                 bar.write(f"step {self.step}: eval {record['eval']}")
@@ -198,30 +207,36 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save()
             maybe_kill("after_step", self.step)  # testing hook (HYPERGEN_FAULT); a no-op otherwise
+        self.batches.close()  # the sampler back where the batches used leave it
+        self.batches = None
         bar.close()
         if self.dist.is_main:
             self.loggers.close()
         self.backend.finish()  # the trained weights in the module, ready to save and evaluate in one process
         return history
 
-    def _accumulate(self) -> tuple[dict[str, Any], int, str | None]:
-        """The forward and backward passes of one step's micro-batches: (the loss parts averaged over them, the
-        examples seen by all processes, None or why the step must be dropped: then it stops at that micro-batch)."""
+    def _accumulate(self) -> tuple[dict[str, torch.Tensor], int, str | None]:
+        """The forward and backward passes of one step's micro-batches: (the loss parts averaged over them, float64
+        scalar tensors not yet read from the device, the examples seen by all processes, None or why the step must
+        be dropped: then it stops at that micro-batch)."""
         self.method.train()
         self.backend.zero_grad()
-        parts_sum: dict[str, Any] = {}
+        parts_sum: dict[str, torch.Tensor] = {}
         seen = 0
         for micro in range(self.accumulation):
-            batch = self.collator(self.sampler.next_batch(self.tasks_per_micro),
-                                  demos_in_input=self.method.train_demos_in_input).to(self.device)
-            with self._autocast(), self.backend.forward():
-                loss, parts = self.method.loss(batch, self.step)
-            problem = self.backend.backward_if_finite(loss, last=micro == self.accumulation - 1)
-            if problem is not None:
+            batch = self.batches.next()
+            last = micro == self.accumulation - 1
+            with self.throughput.measure(batch):
+                with self._autocast(), self.backend.forward(last):
+                    loss, parts = self.method.loss(batch, self.step)
+                problem = self.backend.backward(loss, last)
+            if problem is not None:  # dropped here (DeepSpeed): the step's other batches are drawn all the same,
+                for _ in range(micro + 1, self.accumulation):  # so the sampler ends where the torch backend's does
+                    self.batches.next()
                 return parts_sum, seen, problem
             seen += batch.num_examples * self.dist.world_size
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / self.accumulation
+            for k, v in parts.items():  # float64, as a Python float sum would be
+                parts_sum[k] = parts_sum.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64) / self.accumulation
         return parts_sum, seen, None
 
     def _skipped(self, problem: str, bar) -> None:
@@ -246,14 +261,16 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
 
-    def _average_parts(self, parts_sum: dict[str, Any]) -> None:
-        """The logged loss parts, averaged over the processes (one all-reduce)."""
-        if not self.dist.active:
-            return
-        keys = sorted(k for k, v in parts_sum.items() if isinstance(v, float))
-        values = torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64, device=collective_device())
+    def _read_parts(self, parts_sum: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The logged loss parts as floats, averaged over the processes: one read of the device (and one
+        all-reduce with several processes)."""
+        if not parts_sum:
+            return {}
+        keys = sorted(parts_sum)
+        values = torch.stack([parts_sum[k].to(collective_device() if self.dist.active else parts_sum[k].device)
+                              for k in keys])
         self.dist.all_reduce_mean_([values])
-        parts_sum.update({k: float(v) for k, v in zip(keys, values.tolist())})
+        return dict(zip(keys, values.tolist()))
 
 
 def _smooth(smoothed: dict[str, float], parts: dict[str, Any]) -> None:

@@ -7,10 +7,13 @@ loop calls them::
 
     backend.zero_grad()
     for each micro-batch:
-        with backend.forward():
+        with backend.forward(last):
             loss, parts = method.loss(batch, step)          # loss: a scalar tensor
-        problem = backend.backward_if_finite(loss, last)    # None, or why the step is dropped
+        problem = backend.backward(loss, last)              # None, or why the step is dropped now
     problem = backend.step(problem)                          # the update, or its skip (the schedule still steps)
+
+Where it can, a backend checks finiteness once per step, in ``step`` (one read of the device for the losses and
+the gradient norm together), not per micro-batch.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ class Method(Protocol):
     regularizers: list[Regularizer]
     train_demos_in_input: float
 
-    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """The scalar training loss of ``batch`` and its logged parts ({"loss": ..., one key per regularizer})."""
+    def loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The scalar training loss of ``batch`` and its logged parts ({"loss": ..., one key per regularizer}):
+        detached scalar tensors (floats are accepted too, at the cost of a device read each)."""
 
     def train(self) -> None:
         """Put the trainable module in training mode (the frozen main model stays in eval mode)."""
@@ -55,8 +59,8 @@ class Backend(Protocol):
     optimizer_name: str  # the optimizer class that actually runs (training.optimizer never silently changes)
     evaluate_on_every_rank: bool  # a periodic evaluation needs every process (ZeRO-3: partitioned weights)
 
-    def forward(self) -> AbstractContextManager[Any]:
-        """Context around ``method.loss``."""
+    def forward(self, last: bool = True) -> AbstractContextManager[Any]:
+        """Context around ``method.loss`` (``last``: its micro-batch ends the step)."""
 
     def eval_context(self) -> AbstractContextManager[Any]:
         """Context around a periodic evaluation."""
@@ -64,12 +68,13 @@ class Backend(Protocol):
     def zero_grad(self) -> None:
         """Start a step with no gradients."""
 
-    def backward_if_finite(self, loss: torch.Tensor, last: bool) -> str | None:
-        """Backward of one micro-batch's loss (``last``: it ends the step) unless it is non-finite; then the reason."""
+    def backward(self, loss: torch.Tensor, last: bool) -> str | None:
+        """Backward of one micro-batch's loss (``last``: it ends the step); None, or (a backend that checks each
+        micro-batch) why the step is dropped here: then no more micro-batches of the step are run."""
 
     def step(self, problem: str | None) -> str | None:
-        """The update (skipped when ``problem`` or a non-finite gradient); the schedule steps either way. Returns
-        why the update was skipped, or None."""
+        """The update (skipped when ``problem``, a non-finite loss of the step or a non-finite gradient); the
+        schedule steps either way. Returns why the update was skipped, or None."""
 
     def lr(self) -> float:
         """The learning rate of the next update."""

@@ -169,7 +169,7 @@ class DeepSpeedBackend:
         """Nothing to do: the engine zeroes the gradients after each update (or skipped update)."""
 
     @contextmanager
-    def forward(self) -> Iterator[None]:
+    def forward(self, last: bool = True) -> Iterator[None]:
         """While the method computes its loss, its module's forward runs through the engine."""
         self.method.module = _EngineCall(self.engine, self.visible)
         try:
@@ -177,9 +177,10 @@ class DeepSpeedBackend:
         finally:
             self.method.module = self.module
 
-    def backward_if_finite(self, loss: torch.Tensor, last: bool) -> str | None:
+    def backward(self, loss: torch.Tensor, last: bool) -> str | None:
         """Backward of one micro-batch's loss (``last``: it ends the step), unless it is non-finite in some
-        process; then the step is dropped (see the module docstring) and the problem returned."""
+        process; then the step is dropped (see the module docstring) and the problem returned. (Checked at every
+        micro-batch: the engine steps at each one and must not see a non-finite loss's gradients.)"""
         bad = not bool(torch.isfinite(loss.detach()).all())
         if self.dist.any(bad):  # every process, every micro-batch: all run the same backward passes
             problem = f"non-finite loss ({loss.item()})" if bad else "non-finite loss in another process"
