@@ -8,6 +8,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -323,3 +324,17 @@ def test_rank_classification_scores_the_choice_tokens():
         log_probs = model(input_ids=torch.cat([query[b], labels[b]])[None]).logits[0].log_softmax(-1)
         expected = log_probs[2, labels[b, 0]] + log_probs[3, labels[b, 1]]
         torch.testing.assert_close(scores[b], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_plot_attention_of_a_causal_run_reads_the_backbone_groups(causal_run, tmp_path):
+    _, run = causal_run  # HART on a 2-layer Llama: one group "layers", one row per layer
+    out = tmp_path / "attention.png"
+    result = CliRunner().invoke(main, ["plot", "attention", "--run", str(run), "--tasks", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["rows"] == {"layers": [[0], [1]]} and summary["row_labels"] == ["lay0", "lay1"]
+    matrix = np.array(summary["matrix"])
+    assert matrix.shape == (2, 2) and matrix[0, 1] < 1e-6  # row 0 (step 0) cannot see step 1
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+    share = np.array(summary["generated_share"])  # the rest of each row's attention is on the demo tokens
+    assert share.shape == (2,) and ((share > 0) & (share < 1)).all()
