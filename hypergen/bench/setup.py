@@ -21,6 +21,7 @@ from torch import nn
 from ..data.collate import Collator
 from ..data.tasks import Task
 from ..errors import HypergenError
+from ..models.backbones import is_causal
 from ..models.main import load_main_model
 from ..recipe import FinetuneRecipe, HypernetRecipe, parse_recipe
 from ..runs import build_hypernet_method, load_final, load_tasks, read_run, resolve_device
@@ -172,7 +173,7 @@ def build_setup(config: BenchConfig) -> Setup:
     base = size_recipe(preset, config)
     main, tokenizer = load_main_model(base.main_model, device)
     notes = ["random weights (no download); the ByT5 byte-level tokenizer supplies token ids"]
-    return Setup(preset.name, main, tokenizer, Collator(tokenizer, base.data),
+    return Setup(preset.name, main, tokenizer, Collator(tokenizer, base.data, causal=is_causal(main)),
                  load_tasks(base, "test", tokenizer=tokenizer), device, preset, reference_recipes(base), "HART",
                  notes=notes)
 
