@@ -422,3 +422,23 @@ def test_hub_tokenizer_prompts_start_with_bos_once_targets_end_with_eos_generati
     torch.nn.init.zeros_(model.lm_head.weight)  # every logit equal: greedy picks id 0, the EOS
     generated = main_generate(model, batch.input_ids, batch.attention_mask, max_new_tokens=5)
     assert generated.tolist() == [[eos], [eos]]  # stopped at EOS, not 5 tokens
+
+
+def test_finetune_then_hart_on_the_fine_tuned_llama_loss_falls(tmp_path):
+    """The causal demo's chain at a micro size: a finetune run of a tiny Llama ([query ; answer], demos in half of
+    the inputs), then HART whose main_model.name_or_path is that run's model/ folder (as tiny_hart_llama.json
+    names runs/demo/llama-main/model)."""
+    recipe = causal_recipe(tmp_path, steps=4)
+    finetune = {"kind": "finetune", "main_model": recipe["main_model"], "data": recipe["data"],
+                "training": {**recipe["training"], "steps": 4}, "train_demos_fraction": 0.5}
+    path = tmp_path / "finetune.json"
+    path.write_text(json.dumps(finetune))
+    result = CliRunner().invoke(main, ["finetune", str(path), "-o", str(tmp_path / "main"), "--quiet", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "main" / "model"
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.model_type == "llama"
+    recipe["main_model"] = {"name_or_path": str(model_dir)}
+    run = train(tmp_path, recipe, tmp_path / "hart")
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert load_final(run).method.main_model.config.model_type == "llama"

@@ -77,7 +77,7 @@ SIZES: dict[str, SizePreset] = {
                   include_definition=True, demo_style="sni"),
         decoder_layers=8, prefix_length=32, throughput_tasks=1, throughput_queries=2, throughput_steps=1, ft_tasks=1,
         latency_warmup=1, recompute_max_depth=24, depth_repeats=2, lr_lora=1e-4, lr_prefix=1e-3),
-    # the main model of recipes/tiny_hart_llama.json: a tiny random Llama (no fusion-in-decoder: no cross-attention)
+    # the shape of recipes/tiny_finetune_llama.json: a tiny random Llama (no fusion-in-decoder: no cross-attention)
     "tiny-llama": SizePreset(
         "tiny-llama",
         t5=dict(architecture="llama", d_model=64, d_kv=16, d_ff=128, num_layers=4, num_heads=4, num_key_value_heads=2),
