@@ -1,5 +1,6 @@
-# The two quick-start targets: `make demo` (tiny train + evaluate on the embedded tasks) and `make test`.
-# Both set up .venv first: torch==2.13.0 (the CPU build on this machine's disk) before the project, so pip never
+# The quick-start targets: `make demo` (tiny train + evaluate on the embedded tasks; `make demo-llama`: the same
+# on a tiny Llama) and `make test`.
+# All set up .venv first: torch==2.13.0 (the CPU build on this machine's disk) before the project, so pip never
 # pulls a multi-GB CUDA build for a plain `torch` requirement.
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 HYPERGEN := $(BIN)/hypergen
 DEMO := runs/demo
 
-.PHONY: demo test setup clean
+.PHONY: demo demo-llama test setup clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,14 @@ demo: setup
 	@echo "Held-out tasks (parameter combinations never trained on):"
 	@$(HYPERGEN) compare $(DEMO)/main $(DEMO)/hypertuning $(DEMO)/hart \
 		--label "main model alone (zero-shot)" --label "HyperTuning" --label "HART"
+
+# the same chain on a decoder-only main model: a tiny Llama fine-tuned first, then HART generating its LoRA
+demo-llama: setup
+	$(HYPERGEN) finetune recipes/tiny_finetune_llama.json --output $(DEMO)/llama-main --overwrite --quiet
+	$(HYPERGEN) train recipes/tiny_hart_llama.json --output $(DEMO)/llama-hart --overwrite --quiet
+	@echo
+	@echo "Held-out tasks (parameter combinations never trained on):"
+	@$(HYPERGEN) compare $(DEMO)/llama-main $(DEMO)/llama-hart --label "fine-tuned Llama alone (zero-shot)" --label "HART"
 
 test: setup
 	$(BIN)/python -m pytest

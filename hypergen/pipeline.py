@@ -153,7 +153,8 @@ def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None =
         tasks = with_demos_of_other_tasks(tasks)
     assembled = load_final(run, device)
     if control in ("random", "none"):
-        assembled.collator = Collator(assembled.tokenizer, recipe.data, DemoControl(control, assembled.tokenizer))
+        assembled.collator = Collator(assembled.tokenizer, recipe.data, causal=assembled.collator.causal,
+                                        control=DemoControl(control, assembled.tokenizer))
     return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress,
                               out_name=control_dir(control) if control else SPLIT_DIRS[split])
 

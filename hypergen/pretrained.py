@@ -175,7 +175,8 @@ class PretrainedHyperNetwork:
             from .data.collate import Collator
 
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-            assembled.tokenizer, assembled.collator = tokenizer, Collator(tokenizer, assembled.recipe.data)
+            collator = Collator(tokenizer, assembled.recipe.data, causal=assembled.collator.causal)
+            assembled.tokenizer, assembled.collator = tokenizer, collator
         return cls(assembled, config.get("evaluation"), source=source)
 
     # -- adapting ------------------------------------------------------------------------------------------------

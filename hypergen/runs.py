@@ -33,6 +33,7 @@ from .data.tasks import Task, load_task_folder
 from .errors import HypergenError, RecipeError
 from .folders import FolderKind, FolderLock, check_output_dir, clear_output_dir
 from .io import atomic_save_tensors, atomic_write_json, check_tensors_fit, read_json, read_safetensors, writing
+from .models.backbones import is_causal
 from .models.hypernet import HyperNetwork
 from .models.main import DTYPES, load_main_model
 from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
@@ -138,7 +139,8 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
     else:  # in fp32 on the CPU first: the hypernetwork starts from the full-precision weights
         main_model, tokenizer = load_main_model(recipe.main_model, "cpu", dtype=torch.float32)
         method = build_hypernet_method(recipe, main_model, device)
-    return Assembled(recipe, method, tokenizer, Collator(tokenizer, recipe.data), device)
+    collator = Collator(tokenizer, recipe.data, causal=is_causal(main_model))
+    return Assembled(recipe, method, tokenizer, collator, device)
 
 
 def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> HypernetMethod:

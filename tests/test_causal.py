@@ -8,6 +8,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -323,3 +324,121 @@ def test_rank_classification_scores_the_choice_tokens():
         log_probs = model(input_ids=torch.cat([query[b], labels[b]])[None]).logits[0].log_softmax(-1)
         expected = log_probs[2, labels[b, 0]] + log_probs[3, labels[b, 1]]
         torch.testing.assert_close(scores[b], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_plot_attention_of_a_causal_run_reads_the_backbone_groups(causal_run, tmp_path):
+    _, run = causal_run  # HART on a 2-layer Llama: one group "layers", one row per layer
+    out = tmp_path / "attention.png"
+    result = CliRunner().invoke(main, ["plot", "attention", "--run", str(run), "--tasks", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["rows"] == {"layers": [[0], [1]]} and summary["row_labels"] == ["lay0", "lay1"]
+    matrix = np.array(summary["matrix"])
+    assert matrix.shape == (2, 2) and matrix[0, 1] < 1e-6  # row 0 (step 0) cannot see step 1
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+    share = np.array(summary["generated_share"])  # the rest of each row's attention is on the demo tokens
+    assert share.shape == (2,) and ((share > 0) & (share < 1)).all()
+
+
+def test_adapt_then_predict_equals_eval_on_a_causal_lm(causal_run, tmp_path):
+    root, run = causal_run
+    name = (root / "embedded" / "splits" / "default" / "test_tasks.txt").read_text().split()[0]
+    (tmp_path / "split.txt").write_text(name + "\n")
+    result = CliRunner().invoke(main, ["eval", "--run", str(run), "--split", str(tmp_path / "split.txt"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    expected = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    out = tmp_path / "adapter"
+    task = root / "embedded" / "tasks" / f"{name}.json"
+    result = CliRunner().invoke(main, ["adapt", "--run", str(run), "--task", str(task), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"input": r["input"]}) + "\n" for r in expected))
+    result = CliRunner().invoke(main, ["predict", "--adapter", str(out), "--input", str(queries), "--quiet"])
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(got) == len(expected) == 2 and [g["prediction"] for g in got] == [r["prediction"] for r in expected]
+    from hypergen.adapters import generate_task_parameters, load_adapter
+    from hypergen.data.tasks import load_task
+
+    assembled = load_final(run)
+    params, _ = generate_task_parameters(assembled, load_task(task))
+    loaded = load_adapter(out, copy.deepcopy(assembled.method.main_model))  # read back without peft
+    assert sorted(loaded.params) == sorted(params.params)
+    for group, value in params.params.items():
+        torch.testing.assert_close(loaded.params[group], value)
+
+
+# ------------------------------------------------------------------------------------- a hub-style tokenizer
+
+def hub_style_folder(folder: Path) -> Path:
+    """A local Llama folder as the hub has them: a byte-level BPE tokenizer with BOS "<s>" (added by its
+    post-processor, as Llama's is) and EOS "</s>" (id 0, so that an all-zero LM head always predicts it), no pad
+    token; a tiny LlamaConfig model naming the same ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["abc>cba ; hello world", "Input: x\nOutput: y"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["</s>", "<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         head_dim=8, bos_token_id=1, eos_token_id=0, tie_word_embeddings=False))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hub_tokenizer_prompts_start_with_bos_once_targets_end_with_eos_generation_stops_at_eos(tmp_path):
+    from hypergen.data.tasks import Example, Task
+    from hypergen.recipe import parse_recipe
+    from hypergen.runs import assemble
+
+    recipe = causal_recipe(tmp_path, steps=1)
+    recipe["main_model"] = {"name_or_path": str(hub_style_folder(tmp_path / "llama"))}
+    assembled = assemble(parse_recipe(recipe))  # loaded through main_model.name_or_path
+    tokenizer, collator = assembled.tokenizer, assembled.collator
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert (bos, eos) == (1, 0) and tokenizer("ab")["input_ids"][0] == bos  # its own encoding adds BOS
+    pairs = [Example("abc", ("cba",)), Example("hello", ("world wide",))]
+    task = Task("t", "reverse", pairs, pairs, "test")
+    batch = collator([(task, pairs)], demos_in_input=1.0)  # FT-Few-Shot: demos, separator, then the query
+    for ids, mask in ((batch.input_ids, batch.attention_mask), (batch.demo_ids, batch.demo_mask)):
+        for row, keep in zip(ids, mask):
+            real = row[keep.bool()].tolist()
+            assert real[0] == bos and real.count(bos) == 1 and eos not in real
+    text = tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()], skip_special_tokens=True)
+    assert text == "reverse | abc>cba ; hello>world wide | || abc>"  # compact demos, separator, query prompt
+    for row in batch.labels:
+        answer = row[row != -100].tolist()
+        assert answer[-1] == eos and answer.count(eos) == 1 and bos not in answer
+    assert tokenizer.decode(batch.labels[1][batch.labels[1] != -100]) == "world wide</s>"
+
+    model = assembled.method.main_model
+    torch.nn.init.zeros_(model.lm_head.weight)  # every logit equal: greedy picks id 0, the EOS
+    generated = main_generate(model, batch.input_ids, batch.attention_mask, max_new_tokens=5)
+    assert generated.tolist() == [[eos], [eos]]  # stopped at EOS, not 5 tokens
+
+
+def test_finetune_then_hart_on_the_fine_tuned_llama_loss_falls(tmp_path):
+    """The causal demo's chain at a micro size: a finetune run of a tiny Llama ([query ; answer], demos in half of
+    the inputs), then HART whose main_model.name_or_path is that run's model/ folder (as tiny_hart_llama.json
+    names runs/demo/llama-main/model)."""
+    recipe = causal_recipe(tmp_path, steps=4)
+    finetune = {"kind": "finetune", "main_model": recipe["main_model"], "data": recipe["data"],
+                "training": {**recipe["training"], "steps": 4}, "train_demos_fraction": 0.5}
+    path = tmp_path / "finetune.json"
+    path.write_text(json.dumps(finetune))
+    result = CliRunner().invoke(main, ["finetune", str(path), "-o", str(tmp_path / "main"), "--quiet", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "main" / "model"
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.model_type == "llama"
+    recipe["main_model"] = {"name_or_path": str(model_dir)}
+    run = train(tmp_path, recipe, tmp_path / "hart")
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert load_final(run).method.main_model.config.model_type == "llama"

@@ -21,6 +21,7 @@ from torch import nn
 from ..data.collate import Collator
 from ..data.tasks import Task
 from ..errors import HypergenError
+from ..models.backbones import is_causal
 from ..models.main import load_main_model
 from ..recipe import FinetuneRecipe, HypernetRecipe, parse_recipe
 from ..runs import build_hypernet_method, load_final, load_tasks, read_run, resolve_device
@@ -76,7 +77,7 @@ SIZES: dict[str, SizePreset] = {
                   include_definition=True, demo_style="sni"),
         decoder_layers=8, prefix_length=32, throughput_tasks=1, throughput_queries=2, throughput_steps=1, ft_tasks=1,
         latency_warmup=1, recompute_max_depth=24, depth_repeats=2, lr_lora=1e-4, lr_prefix=1e-3),
-    # the main model of recipes/tiny_hart_llama.json: a tiny random Llama (no fusion-in-decoder: no cross-attention)
+    # the shape of recipes/tiny_finetune_llama.json: a tiny random Llama (no fusion-in-decoder: no cross-attention)
     "tiny-llama": SizePreset(
         "tiny-llama",
         t5=dict(architecture="llama", d_model=64, d_kv=16, d_ff=128, num_layers=4, num_heads=4, num_key_value_heads=2),
@@ -172,7 +173,7 @@ def build_setup(config: BenchConfig) -> Setup:
     base = size_recipe(preset, config)
     main, tokenizer = load_main_model(base.main_model, device)
     notes = ["random weights (no download); the ByT5 byte-level tokenizer supplies token ids"]
-    return Setup(preset.name, main, tokenizer, Collator(tokenizer, base.data),
+    return Setup(preset.name, main, tokenizer, Collator(tokenizer, base.data, causal=is_causal(main)),
                  load_tasks(base, "test", tokenizer=tokenizer), device, preset, reference_recipes(base), "HART",
                  notes=notes)
 

@@ -55,6 +55,10 @@ def demos_text(task: Task, num_positive: int = 2, include_definition: bool = Tru
 # phrase Tk-Instruct puts before its query
 DEMOS_QUERY_SEPARATOR = {"sni": "Now complete the following example -\n", "compact": "|| ", "shots": "\n\n"}
 
+# the prompt a causal main model continues with the answer, per demo style: the query written as the demos write
+# an input, up to where they write its output (a T5 encodes the query alone and decodes the answer)
+CAUSAL_PROMPT = {"sni": "Input: {input}\nOutput: ", "compact": "{input}>", "shots": "{input}\n"}
+
 
 def query_text(example: Example, template: str = "{input}") -> str:
     """The text the frozen model reads for one instance: ``template`` with ``{input}`` filled in."""

@@ -12,9 +12,14 @@ and tasks into an S x S matrix A (row i: how generated row i spreads its attenti
   block-lower-triangular. The plot aggregates rows to per-layer blocks (L x L):
   B[a, b] = mean over rows i of block a of the sum over rows j of block b of A[i, j] (rows still sum to 1).
 
-The weights are read with a forward hook on the last decoder block's self-attention (the exact softmax the model
-used, relative position bias included), at every decoding step, and placed at their rows: with HART's KV cache
-step l's 2 query rows see the 2(l+1) rows so far, so the full matrix is assembled from all the steps.
+A causal-LM backbone has one group, "layers": HART has L rows (row l feeds layer l), HyperTuning p rows shared by
+every layer; its generated tokens attend to the demos in the same softmax, so each row's weights on the generated
+rows are renormalised to sum to 1 and the share they had before (the rest is on the demo tokens) is reported
+per row as ``generated_share`` (T5: all 1, its demos are behind a separate cross-attention).
+
+The weights are those the backbone's ``decode`` returns for its last layer (``output_attentions``), collected at
+every decoding step and placed at their rows: with HART's KV cache step l's query rows see the rows so far, so the
+full matrix is assembled from all the steps.
 """
 
 from __future__ import annotations
@@ -48,27 +53,28 @@ def generator_attention(hypernet, demo_ids, demo_mask) -> tuple[np.ndarray, dict
     """Run ``hypernet`` (a HyperNetwork, in eval mode) over T tasks' demos (``demo_ids``, ``demo_mask``: T x n_d).
 
     Returns ``(weights, rows)``: ``weights`` T x heads x S x S (float64; entry [t, h, i, j] is how much generated
-    row i attends to row j in the last decoder layer; zero where row j was not visible to row i) and ``rows``, the
-    generator's ``GeneratedStates.rows`` ({"encoder"/"decoder": per main-model layer, the rows feeding it}).
+    row i attends to row j in the last decoder layer; zero where row j was not visible to row i; a causal LM's
+    weights on the demo tokens are left out, so its rows sum to less than 1) and ``rows``, the generator's
+    ``GeneratedStates.rows`` ({group: per main-model layer, the rows feeding it}).
     """
     import torch
 
-    attention = hypernet.decoder.block[-1].layer[0].SelfAttention
+    backbone = hypernet.backbone
     calls: list[torch.Tensor] = []
 
-    def hook(module, args, output) -> None:
-        weights = output[2] if isinstance(output, tuple) and len(output) > 2 else None
+    def recording_decode(inputs, context, *args, **kwargs):
+        states, weights = type(backbone).decode(backbone, inputs, context, *args, **kwargs)
         if weights is None:
-            raise HypergenError("plot attention: the hypernetwork decoder returned no attention weights "
-                                f"(attention implementation {module.config._attn_implementation!r})")
-        calls.append(weights.detach().float().cpu())
+            raise HypergenError("plot attention: the hypernetwork decoder returned no attention weights")
+        calls.append(weights.detach().float().cpu()[..., backbone.context_keys(context):])
+        return states, weights
 
-    handle = attention.register_forward_hook(hook)
+    backbone.decode = recording_decode  # this instance only, for this one pass
     try:
         with torch.no_grad():
             out = hypernet(demo_ids, demo_mask, output_attentions=True)
     finally:
-        handle.remove()
+        del backbone.decode
     size = out.generated.states.shape[1]
     if not calls:
         raise HypergenError("plot attention: the generator never ran the hypernetwork decoder's last layer")
@@ -173,7 +179,8 @@ def attention_summary(run_dir: str | Path, num_tasks: int = 8, device=None) -> d
     hypernet.eval()
     demo_ids, demo_mask = assembled.collator.encode_demos(tasks)
     weights, rows = generator_attention(hypernet, demo_ids.to(assembled.device), demo_mask.to(assembled.device))
-    matrix = weights.mean(axis=(0, 1))
+    share = weights.sum(axis=-1, keepdims=True)  # T x heads x S x 1: the weight on generated rows (1 for T5)
+    matrix = (weights / share).mean(axis=(0, 1))
     size = matrix.shape[0]
     per_layer = layer_blocks(rows, size)
     kind, blocks = ("layer", per_layer) if per_layer is not None and len(per_layer) < size else \
@@ -184,10 +191,12 @@ def attention_summary(run_dir: str | Path, num_tasks: int = 8, device=None) -> d
         "autoregressive": generator.autoregressive,
         "reverse": bool(getattr(generator, "reverse", False)),
         "tasks": [t.name for t in tasks], "heads": int(weights.shape[1]), "size": size,
-        "decoder_layer": len(hypernet.decoder.block) - 1,
+        "decoder_layer": hypernet.backbone.num_layers - 1,
+        "generated_share": share.mean(axis=(0, 1))[:, 0].tolist(),
         "definition": "matrix[i][j]: self-attention weight of generated row i on row j in the last hypernetwork-"
                       "decoder layer, mean over heads and tasks; blocks.matrix[a][b]: mean over rows i in block a "
-                      "of the sum over rows j in block b",
+                      "of the sum over rows j in block b; generated_share[i]: the part of row i's attention on the "
+                      "generated rows (the rest: on the demo tokens, a causal LM), which matrix renormalises to 1",
         "matrix": matrix.tolist(), "row_labels": row_labels(rows, size), "rows": rows,
         "blocks": {"kind": kind, "labels": [label for label, _ in blocks], "rows": [m for _, m in blocks],
                    "matrix": aggregate(matrix, blocks).tolist()},

@@ -26,8 +26,8 @@ Adapter folder (``adapter_format = "lora"``: peft's format, loadable with
                                       (d_out x r), e.g. base_model.model.encoder.block.0.layer.0.SelfAttention.q.*
                                       (peft drops the adapter name "default" from the saved keys)
 
-:meth:`LoraTarget.load` reads such a folder (also one written by peft itself for a T5) without peft; for a causal
-LM only ``peft.PeftModel.from_pretrained`` reads it for now.
+:meth:`LoraTarget.load` reads such a folder (also one written by peft itself) without peft, for a T5 or a causal LM
+(keys ``base_model.model.model.layers.<i>.self_attn.q_proj.lora_A.weight``, ...).
 
 Mechanism: :meth:`LoraTarget.prepare` registers a forward hook on each chosen ``nn.Linear``. Outside
 :meth:`LoraTarget.applied` the hook returns ``None``, so the model is exactly the stock model. Inside, each Linear
@@ -67,6 +67,7 @@ PEFT_PREFIX = "base_model.model."
 _PEFT_KEY = re.compile(r"base_model\.model\.(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\."
                        r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.lora_(A|B)\.weight")
 _ATTENTION_OF = {name: (att, index) for att, (index, name) in ATTENTIONS.items()}
+_CAUSAL_PEFT_KEY = re.compile(r"base_model\.model\.(?:\w+\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight")
 
 
 def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -210,9 +211,6 @@ class LoraTarget(PEFTTarget):
         """Rebuild the target and its parameters ({group: 1 x L x r x width}) from a peft LoRA folder, checking that
         it fits ``main_model``: every layer of each adapted projection, with matching widths."""
         config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / LORA_WEIGHTS
-        if family(main_model) is not t5:
-            raise HypergenError(f"{folder}: hypergen reads LoRA folders of T5 main models only, for now; load this "
-                                "one with peft.PeftModel.from_pretrained")
         for key, supported in (("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False)):
             if config.get(key, supported) != supported:
                 raise HypergenError(f"{config_file}: {key}={config[key]!r} is not supported (hypergen applies plain "
@@ -222,28 +220,34 @@ class LoraTarget(PEFTTarget):
         rank, alpha = config.get("r"), config.get("lora_alpha")
         if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, (int, float)):
             raise HypergenError(f"{config_file}: 'r' and 'lora_alpha' must be a positive integer and a number")
-        found = _peft_weights_by_site(weights, read_safetensors(weights, "LoRA adapter weights"))
-        sides = sorted({k[0] for k in found}, key=SIDES.index)
-        attention = sorted({k[1] for k in found}, key=list(ATTENTIONS).index)
-        targets = sorted({k[2] for k in found}, key=PROJECTIONS.index)
+        state = read_safetensors(weights, "LoRA adapter weights")
+        if family(main_model) is t5:
+            found = _peft_weights_by_site(weights, state)
+            choice = {"sides": sorted({g.split(".")[0] for g in found}, key=SIDES.index),
+                      "attention": sorted({g.split(".")[1] for g in found}, key=list(ATTENTIONS).index)}
+        else:
+            found, choice = _causal_peft_weights(weights, state), {"attention": ["self"]}
+        targets = sorted({g.split(".")[-1] for g in found}, key=PROJECTIONS.index)
         try:
-            target = cls(rank=rank, alpha=float(alpha), targets=targets, attention=attention, sides=sides)
+            target = cls(rank=rank, alpha=float(alpha), targets=targets, **choice)
         except ValueError as exc:
             raise HypergenError(f"{weights}: {exc}") from None
         sites = target.sites(main_model)
-        expected = {tuple(site.group.split(".")) for site, _ in sites}
-        if set(found) != expected:
+        layer_counts: dict[str, int] = {}
+        for site, _ in sites:
+            layer_counts[site.group] = layer_counts.get(site.group, 0) + 1
+        if set(found) != set(layer_counts):
             raise HypergenError(f"{weights}: adapts {sorted(found)}, which is not every projection of "
-                                f"{sorted(expected)}; hypergen needs the same projections on each side")
-        layer_counts = {"encoder": main_model.config.num_layers, "decoder": main_model.config.num_decoder_layers}
-        for (side, att, projection), layers in found.items():
-            if sorted(layers) != list(range(layer_counts[side])):
-                raise HypergenError(f"{weights}: has {side} layers {_ranges(sorted(layers))} of {att}-attention "
-                                    f"{projection}, but the main model has {layer_counts[side]} {side} layers "
-                                    "(an adapter from another main model?)")
+                                f"{sorted(layer_counts)}; hypergen needs the same projections on each side")
+        sources = {site.group: site.source for site, _ in sites}
+        for group, layers in found.items():
+            count, source = layer_counts[group], sources[group]
+            if sorted(layers) != list(range(count)):
+                raise HypergenError(f"{weights}: has {source} layers {_ranges(sorted(layers))} of {group}, but the "
+                                    f"main model has {count} {source} layers (an adapter from another main model?)")
         params: dict[str, list[torch.Tensor]] = {}
         for site, linear in sites:
-            pair = found[tuple(site.group.split("."))][site.layer]
+            pair = found[site.group][site.layer]
             name = site.path
             if set(pair) != {"A", "B"}:
                 raise HypergenError(f"{weights}: {name} lacks lora_{'B' if 'A' in pair else 'A'}.weight")
@@ -258,10 +262,10 @@ class LoraTarget(PEFTTarget):
 
 
 def _peft_weights_by_site(weights: Path, state: dict[str, torch.Tensor]
-                          ) -> dict[tuple[str, str, str], dict[int, dict[str, torch.Tensor]]]:
-    """peft's saved LoRA tensors as {(side, attention, projection): {layer: {"A" or "B": tensor}}}; a key that is
-    not a LoRA weight of a T5 attention projection raises an error naming ``weights``."""
-    found: dict[tuple[str, str, str], dict[int, dict[str, torch.Tensor]]] = {}
+                          ) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
+    """peft's saved LoRA tensors of a T5 as {slot-group stem "side.attention.projection": {layer: {"A" or "B":
+    tensor}}}; a key that is not a LoRA weight of a T5 attention projection raises an error naming ``weights``."""
+    found: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     for key, tensor in state.items():
         match = _PEFT_KEY.fullmatch(key)
         if not match:
@@ -273,7 +277,25 @@ def _peft_weights_by_site(weights: Path, state: dict[str, torch.Tensor]
         if int(index) != expected_index:
             raise HypergenError(f"{weights}: key {key!r} puts {name} at layer.{index}; T5 has it at "
                                 f"layer.{expected_index}")
-        found.setdefault((side, att, projection), {}).setdefault(int(layer), {})[which] = tensor
+        found.setdefault(f"{side}.{att}.{projection}", {}).setdefault(int(layer), {})[which] = tensor
+    if not found:
+        raise HypergenError(f"{weights}: holds no LoRA weights")
+    return found
+
+
+def _causal_peft_weights(weights: Path, state: dict[str, torch.Tensor]) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
+    """peft's saved LoRA tensors of a causal LM as {slot-group stem "layers.<projection>": {layer: {"A" or "B":
+    tensor}}}; a key that is not a LoRA weight of one of peft's projection names raises an error naming
+    ``weights``."""
+    found: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for key, tensor in state.items():
+        match = _CAUSAL_PEFT_KEY.fullmatch(key)
+        if not match or causal.LORA_PROJECTIONS.get(match.group(3)) != match.group(2):
+            raise HypergenError(f"{weights}: unexpected key {key!r}; expected peft LoRA keys of a causal LM's "
+                                "projections (base_model.model.model.layers.<i>.<self_attn|mlp>.<q_proj|...>."
+                                "lora_<A|B>.weight)")
+        layer, _, projection, which = match.groups()
+        found.setdefault(f"{causal.GROUP}.{projection}", {}).setdefault(int(layer), {})[which] = tensor
     if not found:
         raise HypergenError(f"{weights}: holds no LoRA weights")
     return found

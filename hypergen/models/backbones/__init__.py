@@ -18,6 +18,11 @@ def family(main_model: nn.Module) -> ModuleType:
     return t5 if getattr(main_model.config, "is_encoder_decoder", False) else causal
 
 
+def is_causal(main_model: nn.Module) -> bool:
+    """Whether ``main_model`` is a decoder-only LM (it reads ``[query ; answer]``, see :mod:`.causal`)."""
+    return family(main_model) is causal
+
+
 def make_backbone(main_model: nn.Module, decoder_layers: int, init_from_main: bool = True, reads_demos: bool = True):
     """The hypernetwork's backbone for ``main_model``: its first ``decoder_layers`` layers (and, for T5, its
     encoder), a copy of the main model's weights unless ``init_from_main`` is false; for a generator that does not

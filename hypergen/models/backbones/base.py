@@ -87,6 +87,11 @@ class Backbone(abc.ABC):
         input embeddings once; states fed back from an earlier step are not dropped out again. Default: none."""
         return inputs
 
+    def context_keys(self, context: Context) -> int:
+        """How many leading key columns of :meth:`decode`'s attention weights are the demos (a causal LM attends to
+        them in the same softmax as to the generated tokens; T5 attends to them in a separate cross-attention: 0)."""
+        return 0
+
     @abc.abstractmethod
     def decode(self, inputs: torch.Tensor, context: Context, cache: Any = None, self_mask: torch.Tensor | None = None,
                output_attentions: bool = False, checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -94,7 +99,8 @@ class Backbone(abc.ABC):
         (written in place when given). ``self_mask``: additive T (or 1) x 1 x n x n_generated mask over the generated
         tokens (those in the cache, then ``inputs``); None: all visible. The demos are always visible (but their
         padding). ``checkpoint``: recompute activations in backward, only without a ``cache``. Returns the final-
-        normed states T x n x d_h and, if asked, the last layer's attention weights (T x heads x n x keys)."""
+        normed states T x n x d_h and, if asked, the last layer's attention weights (T x heads x n x keys: the
+        :meth:`context_keys` demo columns, then the generated tokens in the cache, then ``inputs``)."""
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,9 @@ class CausalBackbone(Backbone):
     def new_cache(self, context: Context) -> DynamicCache:
         return DynamicCache(ddp_cache_data=context.past)
 
+    def context_keys(self, context: Context) -> int:
+        return context.mask.shape[1]  # the demos' (padded) keys come first in every generated token's softmax
+
     def decode(self, inputs, context, cache=None, self_mask=None, output_attentions=False, checkpoint=False):
         if cache is not None:
             return self._decode(inputs, context, cache, self_mask, output_attentions)
