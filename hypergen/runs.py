@@ -8,7 +8,8 @@ A run folder::
     RUN/metrics.jsonl                one JSON line per logged step
     RUN/run_info.json                what ran: the optimizer's class and the training backend
     RUN/checkpoints/step-*/          see training/checkpoint.py
-    RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork recipes)
+    RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork and pretrain recipes)
+    RUN/pretrain_data.json           pretrain recipes: texts drawn, used and skipped (hypergen/pretraining.py)
     RUN/model/                       final main model, a Hugging Face folder (finetune recipes)
     RUN/eval/scores.json, predictions.jsonl
 """
@@ -25,6 +26,7 @@ import torch
 
 from .components.build import make_component
 from .data.collate import Collator
+from .data.pretraining import PretrainCollator
 from .data.p3 import T0_HELD_OUT, T0_TRAIN_DATASETS, load_p3
 from .data.splits import as_evaluation_task, hold_out_validation
 from .data.synthetic import ensure_embedded_tasks
@@ -34,7 +36,7 @@ from .folders import FolderKind, FolderLock, check_output_dir, clear_output_dir
 from .io import atomic_save_tensors, atomic_write_json, check_tensors_fit, read_json, read_safetensors, writing
 from .models.hypernet import HyperNetwork
 from .models.main import DTYPES, load_main_model
-from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
+from .recipe import FinetuneRecipe, HypernetRecipe, PretrainRecipe, Recipe, parse_recipe
 from .training.methods import FinetuneMethod, HypernetMethod
 
 EMBEDDED_DIR = Path(".cache/hypergen/embedded")
@@ -122,7 +124,7 @@ class Assembled:
     recipe: Recipe
     method: Any
     tokenizer: Any
-    collator: Collator
+    collator: Collator | PretrainCollator
     device: torch.device
 
 
@@ -137,7 +139,8 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
     else:  # in fp32 on the CPU first: the hypernetwork starts from the full-precision weights
         main_model, tokenizer = load_main_model(recipe.main_model, "cpu", dtype=torch.float32)
         method = build_hypernet_method(recipe, main_model, device)
-    return Assembled(recipe, method, tokenizer, Collator(tokenizer, recipe.data), device)
+    collator = PretrainCollator(tokenizer) if isinstance(recipe, PretrainRecipe) else Collator(tokenizer, recipe.data)
+    return Assembled(recipe, method, tokenizer, collator, device)
 
 
 def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> HypernetMethod:
@@ -193,7 +196,7 @@ RUN_MARKER = "hypergen-run.json"
 RUN_FOLDER = FolderKind(
     "run", RUN_MARKER,
     frozenset({RUN_MARKER, "recipe.json", "metrics.jsonl", "checkpoints", "hypernetwork.safetensors", "model",
-               "eval", "eval-other-demos", "plots"}),
+               "eval", "eval-other-demos", "plots", "pretrain_data.json"}),
     legacy=(("recipe.json", "metrics.jsonl"), ("recipe.json", "checkpoints")))
 
 
