@@ -4,6 +4,9 @@ through the same trainer, and hypernetwork.init_from."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +23,8 @@ from hypergen.pretraining import init_hypernet_from, pretraining_text
 from hypergen.recipe import PretrainRecipe, load_recipe, parse_recipe
 from hypergen.recipe_pretrain import Corpus
 from hypergen.runs import assemble, load_tasks
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOKENIZER = ByT5Tokenizer()
 TINY = {"tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}}
@@ -229,3 +234,56 @@ def test_init_from_errors_are_one_line_exit_2(tmp_path, pretrained_run):
     assert result.exit_code == 2 and "hypernetwork.init_from:" in result.output
     assert "is not a hypergen run folder" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------ the study's rows
+def test_study_plans_table5s_pretraining_chain(tmp_path):
+    from hypergen.reproduce import plan
+
+    cfg = plan.StudyConfig(data=[("embedded", None), ("sni", str(tmp_path))])
+    m0 = tmp_path / "embedded" / "main" / "model"
+    for source, path in cfg.data:
+        pre = parse_recipe(plan.pretrain_recipe(cfg, source, path, m0, seed=2))
+        assert isinstance(pre, PretrainRecipe) and pre.training.steps == cfg.steps_for(source).pretrain
+        assert pre.training.seed == 2 and not pre.hypernetwork.fusion_in_decoder and pre.pretrain.corpus is None
+        pt = parse_recipe(plan.method_recipe(cfg, plan.METHODS["hypertuning_pt"], source, path, m0, seed=2))
+        assert pt.hypernetwork.init_from == str(tmp_path / "embedded" / "pretrain-s2")
+        assert plan.pretrain_run_dir(m0, 2) == tmp_path / "embedded" / "pretrain-s2"
+        assert not pt.hypernetwork.fusion_in_decoder
+        assert pt.hypernetwork.model_dump(exclude={"init_from"}) == pre.hypernetwork.model_dump(exclude={"init_from"})
+        no_pt = parse_recipe(plan.method_recipe(cfg, plan.METHODS["hypertuning_no_fusion"], source, path, m0, 2))
+        assert no_pt.hypernetwork.init_from is None and not no_pt.hypernetwork.fusion_in_decoder
+        ht = parse_recipe(plan.method_recipe(cfg, plan.METHODS["hypertuning"], source, path, m0, 2))
+        assert ht.hypernetwork.fusion_in_decoder and ht.hypernetwork.init_from is None
+    assert [key for _, key in plan.TABLE5_PRETRAINING] == ["hypertuning_pt", "hypertuning_no_fusion", "hypertuning"]
+
+
+def test_study_pretrains_once_per_seed_and_reports_the_chain(tmp_path):
+    from hypergen.reproduce.report import table5_pretraining
+
+    script = REPO / "benchmarks" / "reproduce.py"
+    micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
+             f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
+             "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
+             "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
+             "hyper_lr=1e-3, main_lr=1e-3); "
+             "plan.PROFILES['quick']['embedded'] = plan.Steps(main=2, train=2, finetune=1, per_task=1, "
+             "eval_instances=1, pretrain=3); "
+             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    out, report = tmp_path / "runs", tmp_path / "study.md"
+    args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
+            "--report", str(report), "--seeds", "2", "--methods", "hypertuning_pt,hypertuning_no_fusion"]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = json.loads((out / "tiny-quick" / "results.json").read_text())["runs"]["embedded"]
+    assert set(runs) == {"main", "pretrain", "hypertuning_pt", "hypertuning_no_fusion"}
+    for seed in ("0", "1"):
+        assert runs["pretrain"][seed]["pretrain_data"]["texts_used"] == 3 * 8
+        run = out / "tiny-quick" / "embedded" / f"hypertuning_pt-s{seed}"
+        assert json.loads((run / "recipe.json").read_text())["hypernetwork"]["init_from"] == str(
+            out / "tiny-quick" / "embedded" / f"pretrain-s{seed}")
+    assert first.stderr.count("pretrain s0: training 3 steps") == 1
+    text = report.read_text()
+    assert "hypernetwork pre-training and fusion-in-decoder" in text and "| HyperTuning-PT | ✓ | – |" in text
+    assert "\n".join(table5_pretraining(runs)) in text
+    assert table5_pretraining({"hart": {}}) == []
