@@ -289,6 +289,10 @@ def save_final(run_dir: Path, assembled: Assembled) -> None:
 def load_final(run_dir: Path, device: torch.device | None = None) -> Assembled:
     """Rebuild a trained run for evaluation: the recipe, then the final weights."""
     recipe = read_run(run_dir)
+    if isinstance(recipe, PretrainRecipe):
+        raise HypergenError(f"{run_dir}: a pretrain run (HyperTuning-PT's first stage) has no task to be evaluated or "
+                            "adapted on; fine-tune it first: a hypernetwork recipe with --set "
+                            f"hypernetwork.init_from={run_dir}")
     if isinstance(recipe, FinetuneRecipe):
         model_dir = Path(run_dir) / "model"
         if not (model_dir / "config.json").is_file():

@@ -205,6 +205,8 @@ def test_pretrain_command_trains_and_reports_skipped_texts(tmp_path, pretrained_
     assert report["texts_drawn"] == report["texts_used"] + report["texts_skipped_too_short"]
     result = invoke(tmp_path, "pretrain", finetune_recipe(tmp_path), tmp_path / "other")
     assert result.exit_code == 2 and "kind: expected 'pretrain'" in result.output
+    result = CliRunner().invoke(main, ["eval", "--run", str(pretrained_run), "--quiet"])
+    assert result.exit_code == 2 and "a pretrain run (HyperTuning-PT's first stage)" in result.output
 
 
 def test_init_from_loads_the_pretrained_weights_and_training_continues(tmp_path, pretrained_run):
