@@ -57,7 +57,8 @@ class RecipeSummary:
 
 
 def method_label(data: dict[str, Any]) -> str:
-    """HART, HyperTuning, a hybrid (its generator and regularizers), or a finetune baseline; plus the PEFT target."""
+    """HART, HyperTuning, a hybrid (its generator and regularizers), or a finetune baseline; plus the PEFT target
+    (and, for a pretrain recipe, that it pre-trains)."""
     if data.get("kind") == "finetune":
         return "FT-Few-Shot" if data.get("few_shot") else "FT-Zero-Shot"
     hyper = data.get("hypernetwork", {})
@@ -74,7 +75,8 @@ def method_label(data: dict[str, Any]) -> str:
         label = "HyperTuning"
     else:
         label = f"hybrid ({generator}, {'with' if consistency else 'no'} consistency)"
-    return f"{label} + {peft}"
+    stage = "pre-training (HyperTuning-PT), " if data.get("kind") == "pretrain" else ""
+    return f"{stage}{label} + {peft}"
 
 
 def main_model_label(data: dict[str, Any]) -> str:

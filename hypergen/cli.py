@@ -1,4 +1,4 @@
-"""The ``hypergen`` command line: train, finetune, sweep, eval, compare, adapt, predict, recipes, registry, plot."""
+"""The ``hypergen`` command line: train, finetune, pretrain, sweep, eval, compare, adapt, predict, recipes, registry, plot."""
 
 from __future__ import annotations
 
@@ -82,6 +82,23 @@ def finetune(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> No
     run_dir = run_train(recipe, output, list(overrides), resume, overwrite, not quiet, not no_eval)
     click.echo(f"main model saved to {run_dir / 'model'}")
     _print_final(run_dir, no_eval)
+
+
+@_training_command
+def pretrain(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
+    """Pre-train a hypernetwork on raw text (HyperTuning-PT; a "kind": "pretrain" recipe): each text cut into four
+    chunks, the hypernetwork reads the first and the fourth, the frozen main model the second, predicting the third.
+    Start a hypernetwork recipe from the run with --set hypernetwork.init_from=RUN."""
+    from .builtin_recipes import resolve_recipe
+    from .pipeline import train as run_train
+    from .recipe import read_recipe_dict
+
+    recipe = resolve_recipe(recipe)
+    if read_recipe_dict(recipe).get("kind") != "pretrain":
+        raise HypergenError(f"{recipe}: kind: expected 'pretrain' for `hypergen pretrain` (use `hypergen train`)")
+    run_dir = run_train(recipe, output, list(overrides), resume, overwrite, not quiet, not no_eval)
+    click.echo(f"hypernetwork saved to {run_dir / 'hypernetwork.safetensors'}")
+    click.echo(f"run written to {run_dir}")
 
 
 def _print_final(run_dir: Path, no_eval: bool) -> None:

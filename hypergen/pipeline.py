@@ -17,8 +17,9 @@ from .data.tasks import with_demos_of_other_tasks
 from .errors import HypergenError
 from .evaluation.evaluate import evaluate
 from .models.main import check_model_available
+from .pretraining import init_hypernet_from, make_chunk_sampler, pretraining_text, write_report
 from .io import atomic_write_json, atomic_write_text
-from .recipe import load_recipe
+from .recipe import HypernetRecipe, PretrainRecipe, load_recipe
 from .runs import (assemble, finished_run, load_final, load_tasks, prepare_run_dir, read_run, resolve_device,
                    save_final, training_and_validation)
 from .training.activation_recompute import enable_gradient_checkpointing
@@ -55,15 +56,21 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         check_optimizer(recipe.training)  # adam8bit without a usable bitsandbytes: fail now, not after loading
         if recipe.main_model.name_or_path:
             check_model_available(recipe.main_model.name_or_path)  # fail in seconds, before loading any data
+        pretrain = isinstance(recipe, PretrainRecipe)  # raw text, not tasks; no evaluation
         with dist.main_first():  # rank 0 writes any data cache (embedded tasks) before the others read it
-            train_tasks, validation_tasks = training_and_validation(recipe)  # validation: never sampled
-            test_tasks = load_tasks(recipe, "test")
+            if pretrain:
+                text, validation_tasks, test_tasks = pretraining_text(recipe), [], []
+            else:
+                train_tasks, validation_tasks = training_and_validation(recipe)  # validation: never sampled
+                test_tasks = load_tasks(recipe, "test")
         random.seed(recipe.training.seed)
         torch.manual_seed(recipe.training.seed)
         device = resolve_device(recipe.training.device)
         if device.type == "cuda" and dist.active:
             device = torch.device("cuda", dist.local_rank)
         assembled = assemble(recipe, device)
+        if isinstance(recipe, HypernetRecipe) and recipe.hypernetwork.init_from:  # before a resume's checkpoint
+            init_hypernet_from(assembled.method.module, recipe.hypernetwork.init_from)
         switches = recipe.training.checkpointing
         enable_gradient_checkpointing(assembled.method, switches.hypernetwork, switches.main_model)
         Loggers(recipe.training.loggers)  # an unknown logger or a missing package fails before the run folder
@@ -73,10 +80,13 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         if dist.is_main:  # rank 0 alone writes the folder, so it alone holds the lock
             held.enter_context(prepare_run_dir(run_dir, resolved, resume, overwrite))
     # each process samples its own tasks: seed + rank (rank 0 draws what a single process draws)
-    sampler = TaskSampler(train_tasks, recipe.training.seed + dist.rank, recipe.data.queries_per_task,
-                          recipe.data.proportional_sampling,
-                          shots=recipe.data.num_positive if recipe.data.source == "p3" else 0,
-                          max_instances_per_task=recipe.data.max_train_instances_per_task)
+    if pretrain:
+        sampler = make_chunk_sampler(recipe, text, assembled.tokenizer, dist.rank)
+    else:
+        sampler = TaskSampler(train_tasks, recipe.training.seed + dist.rank, recipe.data.queries_per_task,
+                              recipe.data.proportional_sampling,
+                              shots=recipe.data.num_positive if recipe.data.source == "p3" else 0,
+                              max_instances_per_task=recipe.data.max_train_instances_per_task)
     cfg = recipe.training
 
     def periodic_eval() -> dict[str, Any]:
@@ -97,7 +107,9 @@ def _train(recipe, recipe_path: str, resolved: dict[str, Any], run_dir: Path, re
         return run_dir
     try:
         save_final(run_dir, assembled)
-        if evaluate_after:
+        if pretrain:
+            print(write_report(run_dir, sampler))
+        elif evaluate_after:
             evaluate_assembled(assembled, test_tasks, run_dir, recipe.data.eval_instances_per_task, progress)
     finally:
         dist.barrier()
@@ -119,7 +131,7 @@ def errors_name_the_recipe(recipe_path: str):
 
 
 _RECIPE_FIELDS = {"kind", "main_model", "hypernetwork", "peft", "data", "training", "evaluation", "few_shot",
-                  "train_demos_fraction", "distributed"}
+                  "train_demos_fraction", "distributed", "pretrain"}
 
 
 def evaluate_assembled(assembled, tasks, run_dir: Path, max_instances: int, progress: bool = True,
@@ -154,7 +166,7 @@ def evaluate_run(run_dir: str, data: str | None = None, split_file: str | None =
     assembled = load_final(run, device)
     if control in ("random", "none"):
         assembled.collator = Collator(assembled.tokenizer, recipe.data, causal=assembled.collator.causal,
-                                        control=DemoControl(control, assembled.tokenizer))
+                                      control=DemoControl(control, assembled.tokenizer))
     return evaluate_assembled(assembled, tasks, run, max_instances or recipe.data.eval_instances_per_task, progress,
                               out_name=control_dir(control) if control else SPLIT_DIRS[split])
 

@@ -2,7 +2,8 @@
 
 A hypernetwork recipe names its components by registered name plus parameters, e.g.
 ``"generator": {"name": "autoregressive", "reverse": false}``, so HART, HyperTuning and hybrids are the same trainer
-with different recipes. A finetune recipe (``"kind": "finetune"``) multi-task fine-tunes a main model.
+with different recipes. A finetune recipe (``"kind": "finetune"``) multi-task fine-tunes a main model; a pretrain
+recipe (``"kind": "pretrain"``) pre-trains a hypernetwork on raw text (HyperTuning-PT, :mod:`.recipe_pretrain`).
 The defaults here are the paper's (appendix 6.1.3); the tiny recipes override them.
 """
 
@@ -15,12 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HypergenError, RecipeError
-from .recipe_checks import MAX_DEPTH, check_plain_json, format_validation_error  # noqa: F401 - re-exported
+from .recipe_checks import MAX_DEPTH, Strict, check_plain_json, format_validation_error  # noqa: F401 - re-exported
+from .recipe_pretrain import Pretrain
 from .io import read_json
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):
@@ -77,6 +75,9 @@ class Hypernetwork(Strict):
     projector: ComponentSpec = ComponentSpec(name="layerwise_mlp")
     regularizers: list[ComponentSpec] = Field(default_factory=list)
     init_from_main: bool = True
+    init_from: str | None = Field(
+        None, description="a run folder (e.g. a pretrain run): training starts from its hypernetwork's final "
+        "weights, or its latest checkpoint's; the shapes must match this recipe's")
 
 
 class Data(Strict):
@@ -306,7 +307,17 @@ class FinetuneRecipe(Strict):
         return self
 
 
-Recipe = HypernetRecipe | FinetuneRecipe
+class PretrainRecipe(HypernetRecipe):
+    """HyperTuning-PT's first stage: the hypernetwork trained on raw text cut into four chunks (``pretrain``); the
+    rest is a hypernetwork recipe's. ``data`` names the tasks the pre-training prepares for; their training tasks'
+    instances are the text when ``pretrain.corpus`` is not set (never a test task's). No held-out evaluation."""
+
+    kind: Literal["pretrain"]
+    pretrain: Pretrain
+
+
+Recipe = HypernetRecipe | FinetuneRecipe | PretrainRecipe
+RECIPE_KINDS = {"finetune": FinetuneRecipe, "pretrain": PretrainRecipe}  # else "hypernetwork"
 
 
 def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
@@ -314,11 +325,14 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a JSON object at the top level, got {type(data).__name__}")
     check_plain_json(data, where)
-    model = FinetuneRecipe if data.get("kind") == "finetune" else HypernetRecipe
+    model = RECIPE_KINDS.get(data.get("kind"), HypernetRecipe)
     try:
         recipe = model.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(format_validation_error(exc, where)) from None
+    if recipe.training.eval_every and isinstance(recipe, PretrainRecipe):
+        raise RecipeError(f"{where}: training.eval_every: a pretrain run has no periodic evaluation (it trains on "
+                          "text, not tasks); remove eval_every")
     if recipe.training.eval_every and recipe.data.validation_tasks is None:
         raise RecipeError(f"{where}: training.eval_every: periodic evaluation scores the validation split, never the "
                           "test tasks; set data.validation_tasks (a fraction of the training tasks or their names) "
@@ -377,5 +391,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_schema() -> dict[str, Any]:
-    """The JSON schema of both recipe kinds."""
-    return {"hypernetwork": HypernetRecipe.model_json_schema(), "finetune": FinetuneRecipe.model_json_schema()}
+    """The JSON schema of every recipe kind."""
+    return {"hypernetwork": HypernetRecipe.model_json_schema(),
+            **{kind: model.model_json_schema() for kind, model in RECIPE_KINDS.items()}}

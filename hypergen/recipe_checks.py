@@ -1,14 +1,18 @@
 """Checks on recipe data before and after pydantic: one-line validation errors naming each field's path, and
-plain-JSON rules (finite numbers, bounded nesting) that pydantic does not make."""
+plain-JSON rules (finite numbers, bounded nesting) that pydantic does not make; ``Strict``, every section's base."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import RecipeError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 def format_validation_error(exc: ValidationError, where: str, prefix: str = "") -> str:

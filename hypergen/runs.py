@@ -8,7 +8,8 @@ A run folder::
     RUN/metrics.jsonl                one JSON line per logged step
     RUN/run_info.json                what ran: the optimizer's class and the training backend
     RUN/checkpoints/step-*/          see training/checkpoint.py
-    RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork recipes)
+    RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork and pretrain recipes)
+    RUN/pretrain_data.json           pretrain recipes: texts drawn, used and skipped (hypergen/pretraining.py)
     RUN/model/                       final main model, a Hugging Face folder (finetune recipes)
     RUN/eval/scores.json, predictions.jsonl
 """
@@ -26,6 +27,7 @@ import torch
 from .components.build import make_component
 from .data.collate import Collator
 from .data.controls import CONTROLS, LEGACY_OTHER_DEMOS_DIR, control_dir
+from .data.pretraining import PretrainCollator
 from .data.p3 import T0_HELD_OUT, T0_TRAIN_DATASETS, load_p3
 from .data.splits import as_evaluation_task, hold_out_validation
 from .data.synthetic import ensure_embedded_tasks
@@ -36,7 +38,7 @@ from .io import atomic_save_tensors, atomic_write_json, check_tensors_fit, read_
 from .models.backbones import is_causal
 from .models.hypernet import HyperNetwork
 from .models.main import DTYPES, load_main_model
-from .recipe import FinetuneRecipe, HypernetRecipe, Recipe, parse_recipe
+from .recipe import FinetuneRecipe, HypernetRecipe, PretrainRecipe, Recipe, parse_recipe
 from .training.methods import FinetuneMethod, HypernetMethod
 
 EMBEDDED_DIR = Path(".cache/hypergen/embedded")
@@ -124,7 +126,7 @@ class Assembled:
     recipe: Recipe
     method: Any
     tokenizer: Any
-    collator: Collator
+    collator: Collator | PretrainCollator
     device: torch.device
 
 
@@ -139,7 +141,8 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
     else:  # in fp32 on the CPU first: the hypernetwork starts from the full-precision weights
         main_model, tokenizer = load_main_model(recipe.main_model, "cpu", dtype=torch.float32)
         method = build_hypernet_method(recipe, main_model, device)
-    collator = Collator(tokenizer, recipe.data, causal=is_causal(main_model))
+    collator = (PretrainCollator(tokenizer) if isinstance(recipe, PretrainRecipe)
+                else Collator(tokenizer, recipe.data, causal=is_causal(main_model)))
     return Assembled(recipe, method, tokenizer, collator, device)
 
 
@@ -199,7 +202,7 @@ RUN_MARKER = "hypergen-run.json"
 RUN_FOLDER = FolderKind(
     "run", RUN_MARKER,
     frozenset({RUN_MARKER, "recipe.json", "metrics.jsonl", "checkpoints", "hypernetwork.safetensors", "model",
-               "eval", LEGACY_OTHER_DEMOS_DIR, *map(control_dir, CONTROLS), "plots"}),
+               "eval", LEGACY_OTHER_DEMOS_DIR, *map(control_dir, CONTROLS), "plots", "pretrain_data.json"}),
     legacy=(("recipe.json", "metrics.jsonl"), ("recipe.json", "checkpoints")))
 
 
@@ -292,6 +295,10 @@ def save_final(run_dir: Path, assembled: Assembled) -> None:
 def load_final(run_dir: Path, device: torch.device | None = None) -> Assembled:
     """Rebuild a trained run for evaluation: the recipe, then the final weights."""
     recipe = read_run(run_dir)
+    if isinstance(recipe, PretrainRecipe):
+        raise HypergenError(f"{run_dir}: a pretrain run (HyperTuning-PT's first stage) has no task to be evaluated or "
+                            "adapted on; fine-tune it first: a hypernetwork recipe with --set "
+                            f"hypernetwork.init_from={run_dir}")
     if isinstance(recipe, FinetuneRecipe):
         model_dir = Path(run_dir) / "model"
         if not (model_dir / "config.json").is_file():

@@ -14,7 +14,9 @@ input, so that it can read demonstrations as a pretrained model can). Then, per 
   (what one forward pass of a hypernetwork replaces);
 * the hypernetworks, each a recipe: generator x regularizers x fusion (HyperTuning, HyperTuning w/o
   fusion-in-decoder, HyperTuning + AR, HART, HART with the layers generated in reverse order, and the ablation's
-  HART without autoregressive generation).
+  HART without autoregressive generation);
+* Table 5's first rows: HyperTuning-PT (a hypernetwork pre-trained on the training tasks' text, :func:`pretrain_recipe`,
+  once per seed, then fine-tuned without fusion-in-decoder), then HyperTuning without pre-training nor fusion.
 
 The main caveat, which the report states: M0 is itself multi-task fine-tuned on the training tasks (no pretrained
 T5 can be had here), unlike the paper's pretrained LM, so every method starts from a model that has seen the
@@ -23,7 +25,7 @@ training tasks, and the FT baselines continue a training M0 already had.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ class Method:
     few_shot: bool = False        # the demos in the main model's input
     peft: str | None = None       # per_task / hypernet: "prefix" or "lora" (hypernet default: prefix)
     fusion: bool = True           # hypernet: fusion-in-decoder
+    pretrained: bool = False      # hypernet: starts from the seed's pre-trained hypernetwork (pretrain_recipe)
 
 
 CONSISTENCY = {"name": "local_consistency"}  # alpha: the study's --alpha, else the scale's
@@ -71,20 +74,25 @@ METHODS: dict[str, Method] = {m.key: m for m in [
            fusion=False),
     Method("prefix_tuning", f"Prefix-Tuning, {PER_TASK}", "per_task", peft="prefix"),
     Method("lora", f"LoRA, {PER_TASK}", "per_task", peft="lora"),
+    Method("hypertuning_pt", "HyperTuning-PT", "hypernet", {"name": "non_autoregressive"}, fusion=False,
+           pretrained=True),
 ]}
 # the order they run in: the headline comparison first, so a deadline cuts the least informative runs
 RUN_ORDER = list(METHODS)
 TABLE2 = ["ft_zero_shot", "ft_few_shot", "prefix_few_shot", "lora_few_shot", "prefix_tuning", "lora",
-          "hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_reverse"]
+          "hypertuning_pt", "hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_reverse"]
 # Table 5: (row label, method, autoregressive?, consistency?, fusion-in-decoder?)
 TABLE5 = [("HART", "hart", True, True, True), ("- local consistency", "hypertuning_ar", True, False, True),
           ("- autoregressive generation", "hart_no_ar", False, True, True),
           ("- both (HyperTuning)", "hypertuning", False, False, True),
           ("- both, - fusion-in-decoder (HyperTuning w/o fusion)", "hypertuning_no_fusion", False, False, False)]
+# Table 5's first rows, the paper's chain from HyperTuning-PT to HyperTuning: (row label, method)
+TABLE5_PRETRAINING = [("HyperTuning-PT", "hypertuning_pt"), ("- continual pre-training", "hypertuning_no_fusion"),
+                      ("+ fusion-in-decoder (HyperTuning)", "hypertuning")]
 # the demos controls (hypergen.data.controls), run on every method that reads demos, and the results.json key of
 # each control's scores in a run's entry
 CONTROL = ["hypertuning", "hypertuning_ar", "hart", "hart_reverse", "hart_no_ar", "hypertuning_no_fusion",
-           "ft_few_shot", "prefix_few_shot", "lora_few_shot"]
+           "hypertuning_pt", "ft_few_shot", "prefix_few_shot", "lora_few_shot"]
 CONTROL_KEYS = {"other": "other_demos", "random": "random_demos", "none": "no_demos"}
 # Figure 3: without / with autoregressive generation; Figure 4: without / with local consistency
 FIGURE3 = ["hypertuning", "hypertuning_ar"]
@@ -130,6 +138,7 @@ class Steps:
     finetune: int    # each FT baseline (continuing M0's multi-task fine-tuning on the same training tasks)
     per_task: int    # Prefix-Tuning / LoRA steps per held-out task
     eval_instances: int
+    pretrain: int | None = None  # HyperTuning-PT's pre-training, once per seed (None: a third of ``train``)
 
 
 LORA_RANK = 8  # the LoRA rows' rank (multi-task and per task)
@@ -164,10 +173,10 @@ def max_new_tokens(source: str) -> int:
 # (scale, profile) -> steps per data source; "sni" steps are fewer: its sequences are ~5x longer. The FT baselines
 # get as many optimizer steps as each hypernetwork (and the same batch)
 PROFILES: dict[str, dict[str, Steps]] = {
-    "full": {"embedded": Steps(main=2000, train=1500, finetune=1500, per_task=50, eval_instances=16),
-             "sni": Steps(main=600, train=300, finetune=300, per_task=50, eval_instances=20)},
-    "quick": {"embedded": Steps(main=500, train=300, finetune=300, per_task=20, eval_instances=8),
-              "sni": Steps(main=150, train=100, finetune=100, per_task=10, eval_instances=8)},
+    "full": {"embedded": Steps(main=2000, train=1500, finetune=1500, per_task=50, eval_instances=16, pretrain=500),
+             "sni": Steps(main=600, train=300, finetune=300, per_task=50, eval_instances=20, pretrain=150)},
+    "quick": {"embedded": Steps(main=500, train=300, finetune=300, per_task=20, eval_instances=8, pretrain=100),
+              "sni": Steps(main=150, train=100, finetune=100, per_task=10, eval_instances=8, pretrain=30)},
 }
 
 
@@ -193,7 +202,8 @@ class StudyConfig:
         base = PROFILES[self.profile][source]
         return Steps(main=self.main_steps or base.main, train=self.steps or base.train,
                      finetune=self.steps or base.finetune,
-                     per_task=self.task_steps or base.per_task, eval_instances=base.eval_instances)
+                     per_task=self.task_steps or base.per_task, eval_instances=base.eval_instances,
+                     pretrain=base.pretrain or max(1, (self.steps or base.train) // 3))
 
     @property
     def name(self) -> str:
@@ -235,7 +245,8 @@ def main_recipe(cfg: StudyConfig, source: str, path: str | None) -> dict[str, An
 
 def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | None, main_model_dir: Path,
                   seed: int) -> dict[str, Any]:
-    """The recipe of a 'finetune' or 'hypernet' method, on M0 (``main_model_dir``)."""
+    """The recipe of a 'finetune' or 'hypernet' method, on M0 (``main_model_dir``); a ``pretrained`` method starts
+    from the seed's :func:`pretrain_recipe` run (:func:`pretrain_run_dir`)."""
     scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
     common = {"main_model": {"name_or_path": str(main_model_dir)},
               "data": data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None),
@@ -250,11 +261,34 @@ def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | Non
     regularizers = [{**CONSISTENCY, "alpha": alpha}] if method.consistency else []
     peft = {"name": "lora", "rank": LORA_RANK} if method.peft == "lora" else \
         {"name": "prefix", "length": scale.prefix_length}
+    init_from = {"init_from": str(pretrain_run_dir(main_model_dir, seed))} if method.pretrained else {}
     if method.few_shot:
         common["data"] = data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None, True)
     return {"description": f"{method.label} (reproduction study)", **common,
             "hypernetwork": {"decoder_layers": scale.decoder_layers, "fusion_in_decoder": method.fusion,
                              "generator": dict(method.generator), "projector": {"name": "layerwise_mlp"},
-                             "regularizers": regularizers},
+                             "regularizers": regularizers, **init_from},
             "peft": peft,
             "training": _training(scale, steps.train, scale.hyper_lr, seed, cfg.device, _batch(source, scale))}
+
+
+# the pre-training window per data source (tokens: c1, c2, c3, c4); an embedded task's text is ~150-300 bytes
+CHUNK_LENGTHS = {"embedded": [48, 16, 12, 48], "sni": [256, 96, 48, 256]}
+
+
+def pretrain_run_dir(main_model_dir: Path, seed: int) -> Path:
+    """Where the seed's pre-training run lives: ``<data>/pretrain-s<seed>``, beside ``<data>/main`` (M0's run, whose
+    ``model/`` is ``main_model_dir``)."""
+    return Path(main_model_dir).parent.parent / f"pretrain-s{seed}"
+
+
+def pretrain_recipe(cfg: StudyConfig, source: str, path: str | None, main_model_dir: Path,
+                    seed: int) -> dict[str, Any]:
+    """HyperTuning-PT's first stage, on M0: the hypertuning_pt method's hypernetwork pre-trained on the training
+    tasks read as text (never the held-out tasks), to be fine-tuned by :func:`method_recipe` (init_from)."""
+    method = METHODS["hypertuning_pt"]
+    recipe = method_recipe(cfg, replace(method, pretrained=False), source, path, main_model_dir, seed)
+    scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
+    return {**recipe, "kind": "pretrain", "description": f"{method.label}: pre-training (reproduction study)",
+            "pretrain": {"chunk_lengths": CHUNK_LENGTHS[source]},
+            "training": _training(scale, steps.pretrain, scale.hyper_lr, seed, cfg.device, _batch(source, scale))}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
-from .plan import CONTROL, CONTROL_KEYS, FIGURE3, FIGURE4, METHODS, TABLE2, TABLE5
+from .plan import CONTROL, CONTROL_KEYS, FIGURE3, FIGURE4, METHODS, TABLE2, TABLE5, TABLE5_PRETRAINING
 
 LOSS_WINDOW = 10  # logged points per window of the loss variance (see hypergen.plots.loss.loss_variance)
 
@@ -54,6 +54,29 @@ def table5(runs: dict[str, Any]) -> list[str]:
         delta = _mean(rl) - hart
         lines.append(f"| {label} | {mark(ar)} | {mark(consistency)} | {mark(fusion)} | {mean_sd(em)} | "
                      f"{mean_sd(rl)} | {'' if math.isnan(delta) or key == 'hart' else f'{delta:+.2f}'} |")
+    return lines
+
+
+def table5_pretraining(runs: dict[str, Any]) -> list[str]:
+    """Table 5's first rows: HyperTuning-PT, less its pre-training, plus fusion-in-decoder (HyperTuning); then what
+    the pre-training read (seed 0); empty when none of them ran."""
+    if not any(key in runs for _, key in TABLE5_PRETRAINING):
+        return []
+    lines = ["| variant | pre-trained | fusion-in-decoder | EM | ROUGE-L | ROUGE-L vs HyperTuning-PT |",
+             "|---|:-:|:-:|---:|---:|---:|"]
+    pretrained = _mean(_values(runs, "hypertuning_pt", "rougeL"))
+    for label, key in TABLE5_PRETRAINING:
+        method = METHODS[key]
+        em, rl = _values(runs, key, "exact_match"), _values(runs, key, "rougeL")
+        delta = _mean(rl) - pretrained
+        lines.append(f"| {label} | {'✓' if method.pretrained else '–'} | {'✓' if method.fusion else '–'} | "
+                     f"{mean_sd(em)} | {mean_sd(rl)} | "
+                     f"{'' if math.isnan(delta) or key == 'hypertuning_pt' else f'{delta:+.2f}'} |")
+    read = runs.get("pretrain", {}).get("0", {}).get("pretrain_data")
+    if read:
+        lines += ["", f"Pre-training (seed 0) read {read['texts_used']} windows of {read['chunk_lengths']} tokens "
+                  f"from {read['source']}; {read['texts_skipped_too_short']} of {read['texts_drawn']} texts drawn were "
+                  "too short and skipped."]
     return lines
 
 
@@ -227,6 +250,9 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
     for label, runs in results["runs"].items():
         lines += [f"## {label}", "", "### Table 2 analogue: methods", ""] + table2(runs)
         lines += ["", "### Table 5 analogue: ablation", ""] + table5(runs)
+        if table5_pretraining(runs):
+            lines += ["", "### Table 5 analogue: hypernetwork pre-training and fusion-in-decoder", ""]
+            lines += table5_pretraining(runs)
         if alpha_table(runs):
             lines += ["", "### alpha, chosen on the validation split (training tasks held back, never test tasks)",
                       ""] + alpha_table(runs)

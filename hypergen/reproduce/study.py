@@ -1,7 +1,9 @@
 """Run the reproduction study: every method on every data source and seed, each run a normal run folder.
 
 Layout under ``OUT/<scale>-<profile>/``: ``<data>/main`` (M0), ``<data>/<method>-s<seed>`` (a run folder per
-method and seed: recipe.json, metrics.jsonl, eval/, and for the demos controls eval-control-<name>/; with an alpha grid,
+method and seed: recipe.json, metrics.jsonl, eval/, and for the demos controls eval-control-<name>/;
+``<data>/pretrain-s<seed>`` the seed's pre-trained hypernetwork that HyperTuning-PT starts from (a pretrain run);
+with an alpha grid,
 the methods with local consistency get a sweep folder instead: ``alpha=<a>/`` run folders, sweep.md, sweep.json,
 the chosen run tested), ``<data>/recipes/`` (the recipe files trained) and ``results.json`` (every score so far,
 rewritten atomically after each run). A study that was stopped continues where it stopped when started again with
@@ -20,7 +22,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..recipe import parse_recipe
 from ..runs import resolve_device
 from .plan import CONTROL, CONTROL_KEYS, LORA_RANK, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, \
-    main_recipe, method_recipe, max_new_tokens, SCALES
+    main_recipe, method_recipe, max_new_tokens, pretrain_recipe, pretrain_run_dir, SCALES
 
 
 class Study:
@@ -67,6 +69,9 @@ class Study:
                     if method.kind == "per_task":
                         self._per_task(label, method, seed, source, folder, main_dir / "model")
                         continue
+                    if method.pretrained:  # the seed's pre-training (once: read back after), where the recipe reads it
+                        self._trained(label, "pretrain", seed, pretrain_recipe(self.cfg, source, path,
+                                      main_dir / "model", seed), pretrain_run_dir(main_dir / "model", seed))
                     recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed)
                     if method.consistency and self.cfg.alpha_grid:
                         run_dir = self._swept(label, key, seed, recipe, folder / f"{key}-s{seed}")
@@ -99,12 +104,14 @@ class Study:
 
     # ------------------------------------------------------------------------------------- one trained run
     def _trained(self, label: str, key: str, seed: int, recipe: dict[str, Any], run_dir: Path) -> Path:
-        """Train and evaluate ``recipe`` into ``run_dir`` (or read it back when it finished before)."""
+        """Train and evaluate ``recipe`` into ``run_dir`` (or read it back when it finished before); a pretrain
+        recipe is trained only (its record: what its pre-training read)."""
         from ..pipeline import train
 
         recipe_file = run_dir.parent / "recipes" / f"{run_dir.name}.json"
         resolved = json.loads(parse_recipe(recipe, str(recipe_file)).model_dump_json())
-        scores_file = run_dir / "eval" / "scores.json"
+        pretrain = recipe.get("kind") == "pretrain"
+        scores_file = run_dir / ("pretrain_data.json" if pretrain else "eval/scores.json")
         stored = run_dir / "recipe.json"
         same = stored.is_file() and json.loads(stored.read_text()) == resolved
         if stored.is_file() and not same and not self.fresh:
@@ -121,6 +128,10 @@ class Study:
             train(str(recipe_file), str(run_dir), [], resume=same, overwrite=not same, progress=False)
             entry["wall_s"] = time.perf_counter() - started
         entry["run"] = str(run_dir)
+        if pretrain:
+            entry["pretrain_data"] = json.loads(scores_file.read_text())
+            self._save()
+            return run_dir
         entry["overall"] = json.loads(scores_file.read_text())["overall"]
         self.log(f"  {_scores_line(entry['overall'])}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""))
         self._save()
