@@ -37,7 +37,7 @@ def invoke(*args):
 def collator(control: str | None = None, seed: int = 0) -> Collator:
     tokenizer = ByT5Tokenizer()
     data = Data(source="embedded", demo_style="compact", max_demo_length=64, max_input_length=16)
-    return Collator(tokenizer, data, DemoControl(control, tokenizer, seed) if control else None)
+    return Collator(tokenizer, data, control=DemoControl(control, tokenizer, seed) if control else None)
 
 
 def test_random_demos_keep_length_padding_and_specials_and_are_seeded():

@@ -46,7 +46,7 @@ class Batch:
 class Collator:
     """Tokenizes demos (Def+kPos), queries and targets with the recipe's length limits."""
 
-    def __init__(self, tokenizer, data_cfg, causal: bool = False, control: DemoControl | None = None) -> None:
+    def __init__(self, tokenizer, data_cfg, *, causal: bool = False, control: DemoControl | None = None) -> None:
         """``causal``: prompts for a decoder-only LM (see the module docstring); ``control``: a demos control
         (``random`` or ``none``) applied to every demos sequence tokenized."""
         self.tokenizer = tokenizer
