@@ -256,7 +256,7 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
         if alpha_table(runs):
             lines += ["", "### alpha, chosen on the validation split (training tasks held back, never test tasks)",
                       ""] + alpha_table(runs)
-        lines += ["", "### Controls: another task's demos, random demos, no demos", "",
+        lines += ["", "### Control: another task's demos, random demos, no demos", "",
                   "Each held-out task evaluated with the demos of another held-out task (its neighbour in the "
                   "list), with random tokens of the same length as its demos, and with no demos "
                   "(`hypergen eval --control other|random|none`). A method that adapts to the demos should drop "
