@@ -125,6 +125,8 @@ def test_report_tables_and_findings_follow_the_numbers():
     assert "HART with another task's demos: ROUGE-L drops by 20.00 (it uses the demos)" in text
     assert "HyperTuning with another task's demos: ROUGE-L rises by 0.00" not in text
     assert "HyperTuning with another task's demos: ROUGE-L" in text and "hardly adapts" in text
+    rising = "\n".join(findings(_results({"hart": [(20.0, 22.0)]})))  # better with another task's demos
+    assert "HART with another task's demos: ROUGE-L rises by 2.00 (higher without its own demos" in rising
 
 
 def test_study_runs_every_kind_of_method_reports_and_reads_back(tmp_path):

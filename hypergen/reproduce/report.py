@@ -166,6 +166,7 @@ def findings(runs: dict[str, Any]) -> list[str]:
                           else "does not change")
                 out.append(f"- {METHODS[key].label} with {CONTROL_TITLES[control]}: ROUGE-L {change}"
                            + (" (it uses the demos)." if drop > 1 else
+                              " (higher without its own demos: no sign that it uses them)." if drop < -1 else
                               " (under 1 point: it hardly adapts to the demos)."))
     return out
 
