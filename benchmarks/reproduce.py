@@ -3,7 +3,7 @@
     python benchmarks/reproduce.py                      # the full study: embedded + sni-algo, 3 seeds (CPU: < 2 h)
     python benchmarks/reproduce.py --quick              # one seed, embedded, fewer steps (CPU: < 15 min)
     python benchmarks/reproduce.py --scale base --device cuda --seeds 1 --deadline-min 7   # larger, on a GPU
-    python benchmarks/reproduce.py --alpha-grid 1,5,10,20 --out runs/reproduce-alpha   # alpha chosen on validation
+    python benchmarks/reproduce.py --alpha 1 --out runs/reproduce-alpha1   # alpha fixed instead of chosen on validation
 
 Writes the runs to ``--out`` (default ``runs/reproduce``) and the report to
 ``benchmarks/results/reproduce/<scale>-<profile>.md`` with its PNGs beside it. Started again with the same
@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from hypergen.errors import HypergenError
-from hypergen.reproduce.plan import METHODS, RUN_ORDER, SCALES, StudyConfig
+from hypergen.reproduce.plan import METHODS, PAPER_ALPHAS, RUN_ORDER, SCALES, StudyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SNI_ALGO = ROOT.parent / "shared" / "data" / "sni-algo"
@@ -53,11 +53,15 @@ def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str |
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), help="Local consistency weight of the "
               "methods that have it (default: the scale's, 1; the paper selects from 1, 5, 10, 20). Use another "
               "--out per value.")
-@click.option("--alpha-grid", help="Sweep the local consistency weight instead of fixing it, e.g. 1,5,10,20 (the "
-              "paper's set): per method with the regularizer and seed, one run per value through `hypergen sweep`, "
-              "the best by validation ROUGE-L on training tasks held back from every method's training (the test "
-              "tasks are never used to choose), only that run tested; the report gives the chosen alpha. Off by "
-              "default (--quick too: sweeping multiplies those runs by the grid's size).")
+@click.option("--alpha-grid", help="The local consistency weights to choose from on validation, e.g. 1,5,10,20 "
+              "(default without --alpha: the paper's 1,5,10,20 for the full profile; --quick fixes alpha at the "
+              "scale's 1). A sweep is `hypergen sweep`: one run per value, the best by validation ROUGE-L on training "
+              "tasks held back from every method's training (the test tasks are never used to choose), only that run "
+              "tested; the report gives the chosen alpha. 'none': no sweep.")
+@click.option("--alpha-select", type=click.Choice(["data", "run"]), default="data", show_default=True,
+              help="data: sweep once per data source (HART, seed 0), then every method with local consistency and "
+                   "every seed uses the chosen alpha; run: a sweep per method and seed (the grid's size times those "
+                   "runs).")
 @click.option("--quick", is_flag=True, help="Fewer steps and instances, one seed, embedded only: a check that "
               "everything runs (under 15 min on a 2-core CPU), not a result.")
 @click.option("--scale", type=click.Choice(sorted(SCALES)), default="tiny", show_default=True,
@@ -84,8 +88,10 @@ def main(debug: bool, **options) -> None:
         sys.exit(2)
 
 
-def _alpha_grid(value: str | None, alpha: float | None) -> tuple[float, ...] | None:
-    if value is None:
+def _alpha_grid(value: str | None, alpha: float | None, quick: bool) -> tuple[float, ...] | None:
+    if value is None:  # the full study chooses alpha as the paper does, unless one is given
+        return None if quick or alpha is not None else PAPER_ALPHAS
+    if value == "none":
         return None
     if alpha is not None:
         raise HypergenError("--alpha-grid: give --alpha (one fixed value) or --alpha-grid (a sweep), not both")
@@ -98,8 +104,8 @@ def _alpha_grid(value: str | None, alpha: float | None) -> tuple[float, ...] | N
     return alphas
 
 
-def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, quick, scale, device, methods, deadline_min, out, report,
-        fresh, report_only) -> None:
+def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_select, quick, scale, device, methods,
+        deadline_min, out, report, fresh, report_only) -> None:
     from hypergen.reproduce.report import write_report
     from hypergen.reproduce.study import Study
 
@@ -109,7 +115,9 @@ def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, quick, sc
         raise HypergenError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(RUN_ORDER)}")
     cfg = StudyConfig(data=_data_sources(data, quick), seeds=seeds or (1 if quick else 3), scale=scale,
                       profile="quick" if quick else "full", steps=steps, main_steps=main_steps,
-                      task_steps=task_steps, alpha=alpha, alpha_grid=_alpha_grid(alpha_grid, alpha), device=device,
+                      task_steps=task_steps, alpha=alpha, alpha_grid=_alpha_grid(alpha_grid, alpha, quick),
+                      alpha_select=alpha_select,
+                      device=device,
                       out=Path(out), methods=[m for m in RUN_ORDER if m in chosen],
                       deadline_s=None if deadline_min is None else 60 * deadline_min,
                       command="python " + " ".join(shlex.quote(a) for a in sys.argv))

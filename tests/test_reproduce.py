@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from hypergen.baselines import PerTaskTuner, demos_batch, tune_and_predict
 from hypergen.cli import main
+from hypergen.errors import HypergenError
 from hypergen.data.collate import Collator
 from hypergen.data.tasks import Example, Task, with_demos_of_other_tasks
 from hypergen.recipe import Data, parse_recipe
@@ -177,6 +178,8 @@ def test_alpha_grid_holds_back_one_validation_split_for_every_method(tmp_path):
     assert all(s["validation_tasks"] == plan.VALIDATION_FRACTION["embedded"] for s in sections)
     assert "validation_tasks" not in main_recipe(StudyConfig(data=[("embedded", None)]), "embedded", None)["data"]
     assert plan.alpha_grid_entry((1.0, 5.0, 10.0, 20.0)) == "hypernetwork.regularizers.0.alpha=1,5,10,20"
+    fixed = method_recipe(cfg, METHODS["hart"], "embedded", None, tmp_path, 0, alpha=10.0)
+    assert fixed["hypernetwork"]["regularizers"] == [{"name": "local_consistency", "alpha": 10.0}]
     runs = {"hart": {"0": {"alpha": 5.0, "overall": {"rougeL": 40.0}, "alpha_sweep": {
         "1": {"rougeL": 10.0}, "5": {"rougeL": 12.5}}}}, "hypertuning": {"0": {"overall": {"rougeL": 1.0}}}}
     assert alpha_table(runs)[2] == "| HART | 0 | 10.00 | 12.50 | 5 | 40.00 |"
@@ -195,10 +198,19 @@ def test_study_sweeps_alpha_on_validation_and_tests_the_chosen_run(tmp_path):
              f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
     out, report = tmp_path / "runs", tmp_path / "report" / "study.md"
     args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
-            "--report", str(report), "--methods", "hart", "--alpha-grid", "1,5"]
+            "--report", str(report), "--methods", "hart,hart_no_ar", "--alpha-grid", "1,5", "--seeds", "2"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    hart = json.loads((out / "tiny-quick" / "results.json").read_text())["runs"]["embedded"]["hart"]["0"]
+    results = json.loads((out / "tiny-quick" / "results.json").read_text())
+    hart = results["runs"]["embedded"]["hart"]["0"]
+    # one sweep per data source (HART, seed 0); every other run with local consistency trains the chosen alpha
+    assert results["alpha_chosen"]["embedded"] == {"alpha": hart["alpha"], "method": "hart", "seed": 0}
+    assert first.stderr.count("sweeping alpha") == 1
+    for key, seed in (("hart", "1"), ("hart_no_ar", "0"), ("hart_no_ar", "1")):
+        entry = results["runs"]["embedded"][key][seed]
+        trained = json.loads((Path(entry["run"]) / "recipe.json").read_text())
+        assert entry["alpha"] == hart["alpha"] == trained["hypernetwork"]["regularizers"][0]["alpha"]
+        assert "alpha_sweep" not in entry and Path(entry["run"]).name == f"{key}-s{seed}"
     sweep_dir = out / "tiny-quick" / "embedded" / "hart-s0"
     recorded = {a: json.loads((sweep_dir / f"alpha={a}" / "validation" / "scores.json").read_text())["overall"]
                 for a in ("1", "5")}
@@ -207,6 +219,8 @@ def test_study_sweeps_alpha_on_validation_and_tests_the_chosen_run(tmp_path):
     assert hart["run"] == str(sweep_dir / f"alpha={hart['alpha']:g}")
     assert hart["overall"] == json.loads((Path(hart["run"]) / "eval" / "scores.json").read_text())["overall"]
     assert "alpha, chosen on the validation split" in report.read_text()
+    assert f"alpha = {hart['alpha']:g} for this data set: chosen from 1, 5 by validation ROUGE-L of HART" \
+        in report.read_text()
     second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert second.returncode == 0 and " steps -> " not in second.stderr and "training alpha" not in second.stderr
     both = subprocess.run(args + ["--alpha", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -259,3 +273,18 @@ def test_report_gives_every_control_its_gap_and_sd_and_states_the_caveat(tmp_pat
     report = write_report(results, tmp_path / "r.md", figures=False).read_text()
     assert "**Main caveat.** M0, the frozen main model every method starts from, is itself multi-task fine-tuned" in report
     assert "embedded: the FT baselines get 9 optimizer steps, the same as each hypernetwork" in report
+
+
+def test_the_full_study_chooses_alpha_from_the_papers_grid_unless_one_is_given():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "benchmarks" / "reproduce.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script._alpha_grid(None, None, quick=False) == plan.PAPER_ALPHAS == (1.0, 5.0, 10.0, 20.0)
+    assert script._alpha_grid(None, None, quick=True) is None  # --quick: alpha fixed (time)
+    assert script._alpha_grid(None, 5.0, quick=False) is None  # --alpha fixes it
+    assert script._alpha_grid("none", None, quick=False) is None
+    assert script._alpha_grid("2,4", None, quick=True) == (2.0, 4.0)
+    with pytest.raises(HypergenError, match="--alpha-grid: expected distinct positive numbers"):
+        script._alpha_grid("1,1", None, quick=False)

@@ -139,6 +139,7 @@ class Steps:
     per_task: int    # Prefix-Tuning / LoRA steps per held-out task
     eval_instances: int
     pretrain: int | None = None  # HyperTuning-PT's pre-training, once per seed (None: a third of ``train``)
+    batch_size: int | None = None  # every run's batch (None: the scale's; half of it on S-NI)
 
 
 LORA_RANK = 8  # the LoRA rows' rank (multi-task and per task)
@@ -171,10 +172,15 @@ def max_new_tokens(source: str) -> int:
 
 
 # (scale, profile) -> steps per data source; "sni" steps are fewer: its sequences are ~5x longer. The FT baselines
-# get as many optimizer steps as each hypernetwork (and the same batch)
+# get as many optimizer steps as each hypernetwork (and the same batch). The full profile is sized so that the
+# whole study (3 seeds, 13 methods, 3 controls each, the alpha sweep) fits in 2 hours on a 2-core CPU: measured
+# there, a tiny hypernetwork step takes ~0.15 s on the embedded family (batch 32) and ~0.5 s on sni-algo
+# (batch 16, Def + 2 positive demos of up to 512 bytes; the full profile halves the batch), M0's ~2.5 s; on the
+# embedded family the quick profile's 300 steps scored within a point of an older 1500-step study.
 PROFILES: dict[str, dict[str, Steps]] = {
-    "full": {"embedded": Steps(main=2000, train=1500, finetune=1500, per_task=50, eval_instances=16, pretrain=500),
-             "sni": Steps(main=600, train=300, finetune=300, per_task=50, eval_instances=20, pretrain=150)},
+    "full": {"embedded": Steps(main=1500, train=400, finetune=400, per_task=40, eval_instances=16, pretrain=150),
+             "sni": Steps(main=300, train=30, finetune=30, per_task=10, eval_instances=8, pretrain=10,
+                          batch_size=8)},
     "quick": {"embedded": Steps(main=500, train=300, finetune=300, per_task=20, eval_instances=8, pretrain=100),
               "sni": Steps(main=150, train=100, finetune=100, per_task=10, eval_instances=8, pretrain=30)},
 }
@@ -190,7 +196,10 @@ class StudyConfig:
     main_steps: int | None = None
     task_steps: int | None = None        # overrides the per-task (Prefix-Tuning / LoRA) steps
     alpha: float | None = None           # overrides the scale's local consistency weight (the paper: 1, 5, 10, 20)
-    alpha_grid: tuple[float, ...] | None = None  # instead: sweep alpha per method and seed, chosen on validation
+    alpha_grid: tuple[float, ...] | None = None  # instead: sweep alpha, chosen on validation (see alpha_select)
+    alpha_select: str = "data"           # "data": one sweep per data source (its first method with local consistency,
+                                         # seed 0), the chosen alpha then used by every such method and seed;
+                                         # "run": a sweep per method and seed
     device: str = "auto"
     out: Path = Path("runs/reproduce")
     report: Path | None = None
@@ -203,11 +212,16 @@ class StudyConfig:
         return Steps(main=self.main_steps or base.main, train=self.steps or base.train,
                      finetune=self.steps or base.finetune,
                      per_task=self.task_steps or base.per_task, eval_instances=base.eval_instances,
-                     pretrain=base.pretrain or max(1, (self.steps or base.train) // 3))
+                     pretrain=base.pretrain or max(1, (self.steps or base.train) // 3),
+                     batch_size=base.batch_size)
 
     @property
     def name(self) -> str:
         return f"{self.scale}-{self.profile}"
+
+
+# the paper's alpha grid (appendix 6.1): the full profile sweeps it unless --alpha fixes one value
+PAPER_ALPHAS = (1.0, 5.0, 10.0, 20.0)
 
 
 def alpha_grid_entry(alphas: tuple[float, ...]) -> str:
@@ -228,7 +242,9 @@ def _training(scale: Scale, steps: int, lr: float, seed: int, device: str, batch
             "checkpoint_every": max(steps // 3, 1), "seed": seed, "device": device}
 
 
-def _batch(source: str, scale: Scale) -> int:
+def _batch(source: str, scale: Scale, steps: Steps) -> int:
+    if steps.batch_size:
+        return steps.batch_size
     return scale.batch_size if source == "embedded" else scale.batch_size // 2
 
 
@@ -239,14 +255,15 @@ def main_recipe(cfg: StudyConfig, source: str, path: str | None) -> dict[str, An
             "description": "The reproduction study's stand-in for a pretrained main model (M0).",
             "main_model": {"tiny": dict(scale.t5)}, "few_shot": False, "train_demos_fraction": 0.5,
             "data": data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None),
-            "training": _training(scale, steps.main, scale.main_lr, 0, cfg.device, _batch(source, scale)),
+            "training": _training(scale, steps.main, scale.main_lr, 0, cfg.device, _batch(source, scale, steps)),
             "evaluation": {"max_new_tokens": max_new_tokens(source), "batch_size": 32}}
 
 
 def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | None, main_model_dir: Path,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, alpha: float | None = None) -> dict[str, Any]:
     """The recipe of a 'finetune' or 'hypernet' method, on M0 (``main_model_dir``); a ``pretrained`` method starts
-    from the seed's :func:`pretrain_recipe` run (:func:`pretrain_run_dir`)."""
+    from the seed's :func:`pretrain_recipe` run (:func:`pretrain_run_dir`). ``alpha``: the local consistency
+    weight (default: ``cfg.alpha``, else the scale's), e.g. the one a data source's sweep chose."""
     scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
     common = {"main_model": {"name_or_path": str(main_model_dir)},
               "data": data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None),
@@ -254,10 +271,11 @@ def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | Non
     if method.kind == "finetune":
         return {"kind": "finetune", "description": f"{method.label} (reproduction study)", "few_shot": method.few_shot,
                 **common, "training": _training(scale, steps.finetune, scale.main_lr, seed, cfg.device,
-                                                _batch(source, scale))}
+                                                _batch(source, scale, steps))}
     if method.kind != "hypernet":
         raise ValueError(f"{method.key}: no recipe for kind {method.kind!r}")
-    alpha = scale.alpha if cfg.alpha is None else cfg.alpha
+    if alpha is None:
+        alpha = scale.alpha if cfg.alpha is None else cfg.alpha
     regularizers = [{**CONSISTENCY, "alpha": alpha}] if method.consistency else []
     peft = {"name": "lora", "rank": LORA_RANK} if method.peft == "lora" else \
         {"name": "prefix", "length": scale.prefix_length}
@@ -269,7 +287,8 @@ def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | Non
                              "generator": dict(method.generator), "projector": {"name": "layerwise_mlp"},
                              "regularizers": regularizers, **init_from},
             "peft": peft,
-            "training": _training(scale, steps.train, scale.hyper_lr, seed, cfg.device, _batch(source, scale))}
+            "training": _training(scale, steps.train, scale.hyper_lr, seed, cfg.device,
+                                  _batch(source, scale, steps))}
 
 
 # the pre-training window per data source (tokens: c1, c2, c3, c4); an embedded task's text is ~150-300 bytes
@@ -291,4 +310,5 @@ def pretrain_recipe(cfg: StudyConfig, source: str, path: str | None, main_model_
     scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
     return {**recipe, "kind": "pretrain", "description": f"{method.label}: pre-training (reproduction study)",
             "pretrain": {"chunk_lengths": CHUNK_LENGTHS[source]},
-            "training": _training(scale, steps.pretrain, scale.hyper_lr, seed, cfg.device, _batch(source, scale))}
+            "training": _training(scale, steps.pretrain, scale.hyper_lr, seed, cfg.device,
+                                  _batch(source, scale, steps))}

@@ -80,6 +80,22 @@ def table5_pretraining(runs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def alpha_note(results: dict[str, Any], label: str) -> list[str]:
+    """Which local consistency weight the runs of data source ``label`` trained with, and how it was chosen."""
+    config = results["config"]
+    chosen = results.get("alpha_chosen", {}).get(label)
+    if chosen is not None:
+        grid = ", ".join(f"{a:g}" for a in config["alpha_grid"])
+        return [f"alpha = {chosen['alpha']:g} for this data set: chosen from {grid} by validation ROUGE-L of "
+                f"{METHODS[chosen['method']].label} (seed {chosen['seed']}), then used by every method with local "
+                "consistency and every seed.", ""]
+    if config.get("alpha_grid"):
+        return ["alpha swept per method and seed (the table below).", ""]
+    fixed = config.get("alpha", config.get("scale_settings", {}).get("alpha"))
+    value = f"fixed at {fixed:g}" if fixed is not None else "fixed"
+    return [f"alpha {value} (not swept: pass --alpha-grid to choose it on validation).", ""]
+
+
 def alpha_table(runs: dict[str, Any]) -> list[str]:
     """Per method with local consistency and seed: validation ROUGE-L at each swept alpha, the chosen alpha and the
     chosen run's test ROUGE-L; empty when alpha was not swept."""
@@ -254,9 +270,8 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
         if table5_pretraining(runs):
             lines += ["", "### Table 5 analogue: hypernetwork pre-training and fusion-in-decoder", ""]
             lines += table5_pretraining(runs)
-        if alpha_table(runs):
-            lines += ["", "### alpha, chosen on the validation split (training tasks held back, never test tasks)",
-                      ""] + alpha_table(runs)
+        lines += ["", "### alpha, chosen on the validation split (training tasks held back, never test tasks)",
+                  ""] + alpha_note(results, label) + alpha_table(runs)
         lines += ["", "### Control: another task's demos, random demos, no demos", "",
                   "Each held-out task evaluated with the demos of another held-out task (its neighbour in the "
                   "list), with random tokens of the same length as its demos, and with no demos "

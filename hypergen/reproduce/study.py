@@ -3,11 +3,11 @@
 Layout under ``OUT/<scale>-<profile>/``: ``<data>/main`` (M0), ``<data>/<method>-s<seed>`` (a run folder per
 method and seed: recipe.json, metrics.jsonl, eval/, and for the demos controls eval-control-<name>/;
 ``<data>/pretrain-s<seed>`` the seed's pre-trained hypernetwork that HyperTuning-PT starts from (a pretrain run);
-with an alpha grid,
-the methods with local consistency get a sweep folder instead: ``alpha=<a>/`` run folders, sweep.md, sweep.json,
-the chosen run tested), ``<data>/recipes/`` (the recipe files trained) and ``results.json`` (every score so far,
-rewritten atomically after each run). A study that was stopped continues where it stopped when started again with
-the same settings: finished runs are read back, an interrupted one resumes from its last checkpoint.
+with an alpha grid, the swept run (per data source the first method with local consistency at seed 0, or with
+``alpha_select="run"`` every such method and seed) is a sweep folder instead: ``alpha=<a>/`` run folders, sweep.md,
+sweep.json, the chosen run tested), ``<data>/recipes/`` (the recipe files trained) and ``results.json`` (every
+score so far, rewritten atomically after each run). A study that was stopped continues where it stopped when started
+again with the same settings: finished runs are read back, an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class Study:
             if before.get("config") == self.results["config"]:
                 self.results["runs"] = before.get("runs", {})
                 self.results["wall_s_before"] = before.get("wall_s", 0.0)
+                if "alpha_chosen" in before:
+                    self.results["alpha_chosen"] = before["alpha_chosen"]
 
     def _config_record(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -48,7 +50,7 @@ class Study:
                 "steps": {data_label(*d): cfg.steps_for(d[0]).__dict__ for d in cfg.data},
                 "scale_settings": SCALES[cfg.scale].__dict__,
                 **({"alpha": cfg.alpha} if cfg.alpha is not None else {}),
-                **({"alpha_grid": list(cfg.alpha_grid)} if cfg.alpha_grid else {})}
+                **({"alpha_grid": list(cfg.alpha_grid), "alpha_select": cfg.alpha_select} if cfg.alpha_grid else {})}
 
     # -------------------------------------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
@@ -73,8 +75,21 @@ class Study:
                         self._trained(label, "pretrain", seed, pretrain_recipe(self.cfg, source, path,
                                       main_dir / "model", seed), pretrain_run_dir(main_dir / "model", seed))
                     recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed)
-                    if method.consistency and self.cfg.alpha_grid:
+                    chosen = self.results.get("alpha_chosen", {}).get(label) \
+                        if self.cfg.alpha_select == "data" else None
+                    if chosen is not None and (chosen["method"], chosen["seed"]) == (key, seed):
+                        chosen = None  # the sweep itself (read back when the study continues)
+                    if method.consistency and self.cfg.alpha_grid and chosen is None:
                         run_dir = self._swept(label, key, seed, recipe, folder / f"{key}-s{seed}")
+                        if self.cfg.alpha_select == "data":  # this data source's alpha, for every later run
+                            self.results.setdefault("alpha_chosen", {})[label] = {
+                                "alpha": self._entry(label, key, seed)["alpha"], "method": key, "seed": seed}
+                            self._save()
+                    elif method.consistency and self.cfg.alpha_grid:
+                        recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed,
+                                               alpha=chosen["alpha"])
+                        run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
+                        self._entry(label, key, seed)["alpha"] = chosen["alpha"]
                     else:
                         run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
                     if key in CONTROL:
