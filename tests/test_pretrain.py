@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -260,21 +259,13 @@ def test_study_plans_table5s_pretraining_chain(tmp_path):
     assert [key for _, key in plan.TABLE5_PRETRAINING] == ["hypertuning_pt", "hypertuning_no_fusion", "hypertuning"]
 
 
-def test_study_pretrains_once_per_seed_and_reports_the_chain(tmp_path):
+def test_study_pretrains_once_per_seed_and_reports_the_chain(tmp_path, micro_study):
     from hypergen.reproduce.report import table5_pretraining
 
-    script = REPO / "benchmarks" / "reproduce.py"
-    micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
-             f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
-             "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
-             "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
-             "hyper_lr=1e-3, main_lr=1e-3); "
-             "plan.PROFILES['quick']['embedded'] = plan.Steps(main=2, train=2, finetune=1, per_task=1, "
-             "eval_instances=1, pretrain=3); "
-             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    study = micro_study("main=2, train=2, finetune=1, per_task=1, eval_instances=1, pretrain=3")
     out, report = tmp_path / "runs", tmp_path / "study.md"
-    args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
-            "--report", str(report), "--seeds", "2", "--methods", "hypertuning_pt,hypertuning_no_fusion"]
+    args = study + ["--out", str(out), "--report", str(report), "--seeds", "2", "--methods",
+                    "hypertuning_pt,hypertuning_no_fusion"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = json.loads((out / "tiny-quick" / "results.json").read_text())["runs"]["embedded"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -130,21 +129,13 @@ def test_report_tables_and_findings_follow_the_numbers():
     assert "HART with another task's demos: ROUGE-L rises by 2.00 (higher without its own demos" in rising
 
 
-def test_study_runs_every_kind_of_method_reports_and_reads_back(tmp_path):
+def test_study_runs_every_kind_of_method_reports_and_reads_back(tmp_path, micro_study):
     """benchmarks/reproduce.py end to end at a micro size: M0, a finetune baseline, a per-task baseline and two
     hypernetworks, the control, the tables and the three figures; a second run retrains nothing."""
-    script = REPO / "benchmarks" / "reproduce.py"
-    micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
-             f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
-             "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
-             "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
-             "hyper_lr=1e-3, main_lr=1e-3); "
-             "plan.PROFILES['quick']['embedded'] = plan.Steps(main=4, train=4, finetune=2, per_task=2, "
-             "eval_instances=2); "
-             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    study = micro_study("main=4, train=4, finetune=2, per_task=2, eval_instances=2")
     out, report = tmp_path / "runs", tmp_path / "report" / "study.md"
-    args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
-            "--report", str(report), "--methods", "hypertuning,hart,hypertuning_ar,ft_few_shot,lora"]
+    args = study + ["--out", str(out), "--report", str(report), "--methods",
+                    "hypertuning,hart,hypertuning_ar,ft_few_shot,lora"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "tiny-quick" / "results.json").read_text())
@@ -186,19 +177,12 @@ def test_alpha_grid_holds_back_one_validation_split_for_every_method(tmp_path):
     assert alpha_table({"hypertuning": runs["hypertuning"]}) == []
 
 
-def test_study_sweeps_alpha_on_validation_and_tests_the_chosen_run(tmp_path):
-    script = REPO / "benchmarks" / "reproduce.py"
-    micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
-             f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
-             "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
-             "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
-             "hyper_lr=1e-3, main_lr=1e-3); "
-             "plan.PROFILES['quick']['embedded'] = plan.Steps(main=2, train=2, finetune=2, per_task=2, "
-             "eval_instances=1); plan.VALIDATION_FRACTION['embedded'] = 0.002; "
-             f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path({str(script)!r}, run_name='__main__')")
+def test_study_sweeps_alpha_on_validation_and_tests_the_chosen_run(tmp_path, micro_study):
+    study = micro_study("main=2, train=2, finetune=2, per_task=2, eval_instances=1",
+                        "plan.VALIDATION_FRACTION['embedded'] = 0.002")
     out, report = tmp_path / "runs", tmp_path / "report" / "study.md"
-    args = [sys.executable, "-c", micro, "--quick", "--data", "embedded", "--device", "cpu", "--out", str(out),
-            "--report", str(report), "--methods", "hart,hart_no_ar", "--alpha-grid", "1,5", "--seeds", "2"]
+    args = study + ["--out", str(out), "--report", str(report), "--methods", "hart,hart_no_ar", "--alpha-grid", "1,5",
+                    "--seeds", "2"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "tiny-quick" / "results.json").read_text())

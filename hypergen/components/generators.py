@@ -25,16 +25,13 @@ from ..models.backbones.base import additive_mask
 from ..registry import registry
 from .base import GeneratedStates, Generator, MainModelShape
 
-__all__ = ["AutoregressiveGenerator", "LearnedStatesGenerator", "NonAutoregressiveGenerator", "additive_mask"]
+__all__ = ["AutoregressiveGenerator", "LearnedRowsGenerator", "LearnedStatesGenerator", "NonAutoregressiveGenerator",
+           "additive_mask"]
 
 
-@registry.generators.register("non_autoregressive.v1")
-class NonAutoregressiveGenerator(Generator):
-    """HyperTuning: z is G*p learnable tokens (``prefix_rows`` = p, G groups), decoded in one bi-directional pass.
-
-    Output: states T x G*p x d_h; rows [g*p, (g+1)*p) feed every layer of group g (T5: [:p] every encoder layer,
-    [p:] every decoder layer; a causal LM: all p rows every layer).
-    """
+class LearnedRowsGenerator(Generator):
+    """The skeleton both non-autoregressive generators share: a learnable z of ``z_tokens(shape)`` * p rows of
+    width d_h (``prefix_rows`` = p, drawn from N(0, init_std^2)), p of them feeding each layer."""
 
     autoregressive = False
 
@@ -46,12 +43,28 @@ class NonAutoregressiveGenerator(Generator):
 
     @property
     def rows_per_layer(self) -> int:
-        """p: the same p rows feed every layer of a group (0 until built)."""
+        """p rows feed each layer (0 until built)."""
         return self.p
+
+    def z_tokens(self, shape: MainModelShape) -> int:
+        """How many blocks of p rows z holds."""
+        raise NotImplementedError
 
     def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
         self.p = max(prefix_rows, 1)
-        self.z = nn.Parameter(torch.randn(len(shape.groups) * self.p, d_model) * self.init_std)
+        self.z = nn.Parameter(torch.randn(self.z_tokens(shape) * self.p, d_model) * self.init_std)
+
+
+@registry.generators.register("non_autoregressive.v1")
+class NonAutoregressiveGenerator(LearnedRowsGenerator):
+    """HyperTuning: z is G*p learnable tokens (``prefix_rows`` = p, G groups), decoded in one bi-directional pass.
+
+    Output: states T x G*p x d_h; rows [g*p, (g+1)*p) feed every layer of group g (T5: [:p] every encoder layer,
+    [p:] every decoder layer; a causal LM: all p rows every layer).
+    """
+
+    def z_tokens(self, shape: MainModelShape) -> int:
+        return len(shape.groups)  # one block per group: the same p rows feed every layer of a group
 
     def forward(self, backbone, context, shape, output_attentions=False, checkpoint=False) -> GeneratedStates:
         num_tasks, p = context.states.shape[0], self.p
@@ -123,7 +136,7 @@ class AutoregressiveGenerator(Generator):
 
 
 @registry.generators.register("learned_states.v1")
-class LearnedStatesGenerator(Generator):
+class LearnedStatesGenerator(LearnedRowsGenerator):
     """No conditioning: z is p learnable rows for each layer of each group, expanded over the T tasks unchanged.
 
     Output: states T x (sum of the groups' layer counts) * p x d_h, every task the same; group g's layer l reads
@@ -131,24 +144,10 @@ class LearnedStatesGenerator(Generator):
     context are not used (``reads_demos = False``: the hypernetwork gives this generator a backbone with no layers).
     """
 
-    autoregressive = False
     reads_demos = False
 
-    def __init__(self, init_std: float = 1.0) -> None:
-        super().__init__()
-        self.init_std = init_std
-        self.z: nn.Parameter | None = None
-        self.p = 0  # set by build
-
-    @property
-    def rows_per_layer(self) -> int:
-        """p: each layer of a group reads its own p rows (0 until built)."""
-        return self.p
-
-    def build(self, d_model: int, shape: MainModelShape, prefix_rows: int) -> None:
-        self.p = max(prefix_rows, 1)
-        layers = sum(count for _, count in shape.groups)
-        self.z = nn.Parameter(torch.randn(layers * self.p, d_model) * self.init_std)
+    def z_tokens(self, shape: MainModelShape) -> int:
+        return sum(count for _, count in shape.groups)  # one block per layer: each layer reads its own p rows
 
     def forward(self, backbone, context, shape, output_attentions=False, checkpoint=False) -> GeneratedStates:
         num_tasks, p = context.states.shape[0], self.p

@@ -63,6 +63,7 @@ class LayerwiseMLPProjector(Projector):
         super().__init__()
         self.hidden = hidden
         self.heads = nn.ModuleDict()
+        self._indices: dict[tuple, torch.Tensor] = {}  # row layouts already on a device: no copy per step
 
     def build(self, d_model: int, groups: list[SlotGroup], rows_per_layer: int) -> None:
         for group in groups:
@@ -73,7 +74,15 @@ class LayerwiseMLPProjector(Projector):
         out = {}
         for head in self.heads.values():
             group = head.group
-            index = torch.tensor(generated.rows[group.source][: group.num_layers], device=generated.states.device)
+            index = self._row_index(generated.rows[group.source][: group.num_layers], generated.states.device)
             states = generated.states[:, index]  # T x L x r x d_h
             out[group.name] = head(states)
         return out
+
+    def _row_index(self, rows: list[list[int]], device: torch.device) -> torch.Tensor:
+        """The L x r index of the state rows each layer reads, made on ``device`` once per layout (a host-to-device
+        copy every step would wait for the device on a GPU)."""
+        key = (tuple(map(tuple, rows)), str(device))
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(rows, device=device)
+        return self._indices[key]
