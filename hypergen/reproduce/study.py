@@ -74,28 +74,31 @@ class Study:
                     if method.pretrained:  # the seed's pre-training (once: read back after), where the recipe reads it
                         self._trained(label, "pretrain", seed, pretrain_recipe(self.cfg, source, path,
                                       main_dir / "model", seed), pretrain_run_dir(main_dir / "model", seed))
-                    recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed)
-                    chosen = self.results.get("alpha_chosen", {}).get(label) \
-                        if self.cfg.alpha_select == "data" else None
-                    if chosen is not None and (chosen["method"], chosen["seed"]) == (key, seed):
-                        chosen = None  # the sweep itself (read back when the study continues)
-                    if method.consistency and self.cfg.alpha_grid and chosen is None:
+                    alpha = self._chosen_alpha(label, key, seed) if method.consistency else None
+                    recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed, alpha=alpha)
+                    if method.consistency and self.cfg.alpha_grid and alpha is None:
                         run_dir = self._swept(label, key, seed, recipe, folder / f"{key}-s{seed}")
                         if self.cfg.alpha_select == "data":  # this data source's alpha, for every later run
                             self.results.setdefault("alpha_chosen", {})[label] = {
                                 "alpha": self._entry(label, key, seed)["alpha"], "method": key, "seed": seed}
                             self._save()
-                    elif method.consistency and self.cfg.alpha_grid:
-                        recipe = method_recipe(self.cfg, method, source, path, main_dir / "model", seed,
-                                               alpha=chosen["alpha"])
-                        run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
-                        self._entry(label, key, seed)["alpha"] = chosen["alpha"]
                     else:
+                        if alpha is not None:
+                            self._entry(label, key, seed)["alpha"] = alpha
                         run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
                     if key in CONTROL:
                         self._control(label, key, seed, run_dir)
         self._save()
         return self.results
+
+    def _chosen_alpha(self, label: str, key: str, seed: int) -> float | None:
+        """The alpha data source ``label``'s sweep chose, for the run (key, seed); None where there is none yet, the
+        run is that sweep itself (read back when the study continues), or alpha is swept per run."""
+        chosen = self.results.get("alpha_chosen", {}).get(label)
+        if not self.cfg.alpha_grid or self.cfg.alpha_select != "data" or chosen is None \
+                or (chosen["method"], chosen["seed"]) == (key, seed):
+            return None
+        return chosen["alpha"]
 
     @property
     def elapsed(self) -> float:
