@@ -29,19 +29,23 @@ class TaskParameters:
     encoder_states: torch.Tensor      # T x n_d x d_h: the encoded demos (for fusion-in-decoder)
     encoder_mask: torch.Tensor        # T x n_d
     generated: GeneratedStates        # states T x S x d_h
+    example_rows: torch.Tensor | None = None  # B: after select, each example's task row in encoder_states
 
     def select(self, task_index: torch.Tensor) -> "TaskParameters":
-        """Expand to one row per example: ``task_index`` (B,) names each example's task row."""
+        """Expand the parameters to one row per example: ``task_index`` (B,) names each example's task row. The
+        encoded demos stay one row per task (``example_rows`` = ``task_index``): the main model computes what
+        depends on them alone once per task."""
         return TaskParameters(
             {k: v.index_select(0, task_index) for k, v in self.params.items()},
-            self.encoder_states.index_select(0, task_index),
-            self.encoder_mask.index_select(0, task_index),
+            self.encoder_states,
+            self.encoder_mask,
             self.generated,
+            task_index,
         )
 
     def detach(self) -> "TaskParameters":
         return TaskParameters({k: v.detach() for k, v in self.params.items()}, self.encoder_states.detach(),
-                              self.encoder_mask, self.generated)
+                              self.encoder_mask, self.generated, self.example_rows)
 
 
 class HyperNetwork(nn.Module):

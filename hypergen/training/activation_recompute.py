@@ -11,7 +11,8 @@ state, which is :mod:`.checkpoint`): recompute block activations in the backward
   parameters reach its attention through module attributes set for the duration of ``target.applied`` (gone when
   the backward pass recomputes). So each T5 block's ``forward`` is wrapped here: the wrapper snapshots the block's
   ``_hypergen_*`` attributes at call time and restores them around the recomputation. Its self-attention cache is
-  dropped (a training forward does not need it; it would otherwise be written twice).
+  dropped (a training forward does not need it; it would otherwise be written twice); a filled cross-attention cache
+  (the fused demos' keys and values) is kept: it is only read.
 
 Losses and gradients are the same with and without checkpointing (tests/test_distributed.py checks 1e-5).
 """
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..components.base import TEMPORARY_ATTRIBUTE_PREFIX
 from ..models.backbones import family
@@ -61,15 +63,15 @@ def wrap_block(block: nn.Module) -> None:
     def checkpointed(*args, **kwargs):
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
-        kwargs = {k: (None if k in ("cache", "past_key_values") else v) for k, v in kwargs.items()}
+        caches = {k: kwargs.pop(k) for k in ("cache", "past_key_values") if k in kwargs}
         kwargs.pop("use_cache", None)
         snapshot = _hypergen_attributes(block)
 
         def run(*inner):
             current = _hypergen_attributes(block)
             _restore(snapshot)
-            try:
-                return forward(*inner, **kwargs)
+            try:  # each run (the forward, then the recomputation) gets its own empty self-attention cache
+                return forward(*inner, **kwargs, **{k: _read_only_part(v) for k, v in caches.items()})
             finally:
                 _restore(current)
 
@@ -77,6 +79,17 @@ def wrap_block(block: nn.Module) -> None:
 
     block.forward = checkpointed
     setattr(block, _WRAPPED, True)
+
+
+def _read_only_part(cache: Any) -> Any:
+    """What a recomputed block may be given of a cache: a cross-attention cache already filled (the fused demos'
+    keys and values, :func:`hypergen.models.backbones.t5.fused_cross_attention`: read, never written), with an
+    empty self-attention cache of its own; None for anything a block call would write to."""
+    if isinstance(cache, EncoderDecoderCache) and cache.is_updated and all(cache.is_updated.values()):
+        fresh = EncoderDecoderCache(DynamicCache(), cache.cross_attention_cache)
+        fresh.is_updated = dict(cache.is_updated)
+        return fresh
+    return None
 
 
 def _hypergen_attributes(block: nn.Module) -> list[tuple[nn.Module, str, Any]]:

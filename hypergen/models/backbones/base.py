@@ -52,11 +52,21 @@ class Context:
 
     ``states``: T x n_d x d_h, the demos' final hidden states (T5's cross-attention memory; fusion-in-decoder);
     ``mask``: T x n_d (1 = token, 0 = padding); ``past``: backbone-specific (a causal LM's per-layer demo keys and
-    values, each T x kv_heads x n_d x d_head), None for T5."""
+    values, each T x kv_heads x n_d x d_head), None for T5. ``rows``: None, or B task-row indices when the
+    context is read by B examples (fusion-in-decoder: example b reads row ``rows[b]``; the rows are kept per task
+    so that what depends only on the demos, such as their cross-attention keys and values, is computed once per
+    task)."""
 
     states: torch.Tensor
     mask: torch.Tensor
     past: Any = None
+    rows: torch.Tensor | None = None
+
+    def per_example(self) -> "Context":
+        """The context with one row per example (``rows`` applied; itself when ``rows`` is None)."""
+        if self.rows is None:
+            return self
+        return Context(self.states.index_select(0, self.rows), self.mask.index_select(0, self.rows), self.past)
 
 
 class Backbone(abc.ABC):
