@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
+from ..models.few_rows import FewRowsLinear
 from ..registry import registry
 from .base import GeneratedStates, Projector, SlotGroup
 
@@ -38,7 +39,8 @@ class LayerwiseHeads(nn.Module):
         num_layers = group.num_layers
         self.norm_weight = nn.Parameter(torch.ones(num_layers, d_model))  # LayerNorm_g^l
         self.norm_bias = nn.Parameter(torch.zeros(num_layers, d_model))
-        self.first = nn.Linear(d_model, self.expansion * hidden)  # Linear1_g, shared across layers
+        # Linear1_g, shared across layers (HART feeds it T x L rows: a few, for which FewRowsLinear is faster on a CPU)
+        self.first = FewRowsLinear(d_model, self.expansion * hidden)
         self.second_weight = nn.Parameter(torch.empty(num_layers, hidden, group.width))  # Linear2_g^l
         self.second_bias = nn.Parameter(torch.zeros(num_layers, group.width))
         nn.init.uniform_(self.second_weight, -hidden ** -0.5, hidden ** -0.5)

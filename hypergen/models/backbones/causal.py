@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from ..few_rows import use_few_rows_linears
 from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
 
 GROUP = "layers"
@@ -121,6 +122,7 @@ class CausalBackbone(Backbone):
             decoder.config.layer_types = decoder.config.layer_types[:decoder_layers]
         if not init_from_main:
             decoder.apply(main_model._init_weights)
+        use_few_rows_linears(decoder)  # HART's steps feed it T rows at a time
         self.decoder = decoder
         self.num_layers = decoder_layers
         self.modules = {"decoder": decoder}

@@ -19,6 +19,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import eager_attention_forward
 
+from ..few_rows import use_few_rows_linears
 from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
 
 
@@ -113,6 +114,7 @@ class T5Backbone(Backbone):
             copy_config_as_eager(stack)
             if not init_from_main:
                 stack.apply(main_model._init_weights)
+        use_few_rows_linears(decoder)  # HART's steps feed it T x 2 rows at a time
         self.encoder, self.decoder = encoder, decoder
         self.num_layers = decoder_layers
         self.modules = {"encoder": encoder, "decoder": decoder}
