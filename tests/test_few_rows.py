@@ -17,7 +17,8 @@ from hypergen.models.hypernet import HyperNetwork
 
 @pytest.mark.parametrize("shape", [(2, 24), (1, 3, 24), (4, 16, 24), (5, 20, 24)], ids=str)  # 2, 3, 64, 100 rows
 @pytest.mark.parametrize("bias", [True, False])
-def test_equals_nn_linear_in_outputs_and_gradients(shape, bias):
+def test_equals_nn_linear_in_outputs_and_gradients(shape, bias, monkeypatch):
+    monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)  # small weights, so that every path is taken here
     torch.manual_seed(0)
     reference = nn.Linear(24, 40, bias=bias)
     few = FewRowsLinear(24, 40, bias=bias)
@@ -40,12 +41,14 @@ def test_takes_the_weight_rows_first_product_only_for_few_rows(monkeypatch):
     calls = []
     real_mm = torch.mm
     monkeypatch.setattr(few_rows.torch, "mm", lambda a, b: (calls.append(tuple(b.shape)), real_mm(a, b))[1])
+    monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 32)
     layer = FewRowsLinear(8, 4)
     layer(torch.randn(3, 2, 8))
     layer(torch.randn(few_rows.MAX_ROWS + 1, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(torch.randn(2, 8))
-    assert calls == [(8, 6)]  # 6 rows: W @ x^T; more than MAX_ROWS and autocast: nn.Linear's own path
+    FewRowsLinear(4, 4)(torch.randn(2, 4))  # 16 weight entries: below MIN_WEIGHT_ELEMENTS
+    assert calls == [(8, 6)]  # 6 rows: W @ x^T; more than MAX_ROWS, autocast, a small weight: nn.Linear's own path
 
 
 def test_the_hypernetwork_decoder_uses_it_and_keeps_its_state_dict(tiny_main):
