@@ -236,17 +236,16 @@ def fused_cross_attention(main_model, fusion_states: Context, query_states: torc
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     for layer, block in enumerate(main_model.decoder.block):
         attention = block.layer[1].EncDecAttention
-
-        def heads(x: torch.Tensor) -> torch.Tensor:  # n x len x (heads * d_kv) -> n x heads x len x d_kv
-            return x.view(*x.shape[:2], attention.n_heads, attention.key_value_proj_dim).transpose(1, 2)
-
-        keys = torch.cat([heads(attention.k(demos)).index_select(0, fusion_states.rows),
-                          heads(attention.k(query_states))], dim=2)
-        values = torch.cat([heads(attention.v(demos)).index_select(0, fusion_states.rows),
-                            heads(attention.v(query_states))], dim=2)
-        cache.cross_attention_cache.update(keys, values, layer)
+        keys, values = ([_heads(attention, project(demos)).index_select(0, fusion_states.rows),
+                         _heads(attention, project(query_states))] for project in (attention.k, attention.v))
+        cache.cross_attention_cache.update(torch.cat(keys, dim=2), torch.cat(values, dim=2), layer)
         cache.is_updated[layer] = True
     return cache
+
+
+def _heads(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """n x len x (heads * d_kv) -> n x heads x len x d_kv, as ``attention`` splits its keys and values."""
+    return x.view(*x.shape[:2], attention.n_heads, attention.key_value_proj_dim).transpose(1, 2)
 
 
 def _forward_with_fused_cross_attention(main_model, fusion_states: Context, input_ids, attention_mask, labels):
