@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.backbones.base import additive_mask
+from ..models.few_rows import deferred_weight_gradients
 from ..registry import registry
 from .base import GeneratedStates, Generator, MainModelShape
 
@@ -107,12 +108,13 @@ class AutoregressiveGenerator(Generator):
         outputs: list[torch.Tensor] = []
         if self.use_cache:
             cache = backbone.new_cache(context)
-            for _ in range(steps):
-                # the G tokens of step l see each other and all earlier steps (held in the cache): no mask needed
-                h, attentions = backbone.decode(step_input, context, cache=cache,
-                                                output_attentions=output_attentions, checkpoint=checkpoint)
-                outputs.append(h)
-                step_input = h
+            with deferred_weight_gradients(*backbone.modules.values()):  # each decoder weight's gradient: one product, not L
+                for _ in range(steps):
+                    # the G tokens of step l see each other and all earlier steps (held in the cache): no mask
+                    h, attentions = backbone.decode(step_input, context, cache=cache,
+                                                    output_attentions=output_attentions, checkpoint=checkpoint)
+                    outputs.append(h)
+                    step_input = h
         else:
             inputs = [step_input]
             for step in range(steps):
