@@ -10,6 +10,7 @@ DeepSpeed engine on a machine compiles a small op (about 90 s on 2 CPU cores) in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -453,3 +454,46 @@ def test_deepspeed_zero3_bf16_adam8bit_weights_load_in_one_process(deepspeed_run
     result = CliRunner().invoke(main, ["eval", "--run", str(run), "--max-instances", "1"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((run / "eval" / "scores.json").read_text())["overall"]["instances"] > 0
+
+
+@pytest.mark.parametrize("section", [
+    {"backend": "ddp"},
+    pytest.param({"backend": "deepspeed", "zero_stage": 2}, marks=needs_deepspeed),
+], ids=["ddp", "deepspeed-zero2"])
+def test_deferred_weight_gradients_reach_distributed_backends_as_plain_ones(tmp_path, monkeypatch, section):
+    """HART's decoder weights take the few-rows path (threshold lowered for the tiny model), so their gradients are
+    deferred (one product over all steps); in a process group of one, DDP's reducer and DeepSpeed's ZeRO-2 hooks
+    receive them and the run's losses and weights are those of the same run without deferral and without a
+    backend."""
+    from hypergen.components import generators
+    from hypergen.models import few_rows
+
+    monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)
+    deferred = []
+    original = few_rows._DeferredWeightGradient.backward
+
+    def spy(ctx, grad):
+        deferred.append(len(ctx.bucket.grads))
+        return original(ctx, grad)
+
+    monkeypatch.setattr(few_rows._DeferredWeightGradient, "backward", staticmethod(spy))
+    data = plain_recipe(tmp_path, steps=3)
+    data["training"]["checkpoint_every"] = None
+    runs = {}
+    for name in ("distributed", "plain"):
+        if name == "plain":  # the reference: no deferral, no backend
+            monkeypatch.setattr(generators, "deferred_weight_gradients", lambda *modules: contextlib.nullcontext(0))
+        recipe = {**data, "distributed": section} if name == "distributed" else data
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(recipe))
+        runs[name] = tmp_path / name
+        result = CliRunner().invoke(main, ["train", str(path), "-o", str(runs[name]), "--quiet", "--no-eval"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        if name == "distributed":
+            assert deferred and max(deferred) > 1  # several decoding steps' rows in one product
+    assert losses(runs["distributed"]) == pytest.approx(losses(runs["plain"]), rel=1e-5)
+    trained, reference = (load_file(str(runs[k] / "hypernetwork.safetensors")) for k in ("distributed", "plain"))
+    assert trained.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(trained[key], reference[key], rtol=0, atol=1e-4, msg=key)
