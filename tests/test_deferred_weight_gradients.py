@@ -131,3 +131,29 @@ def test_hart_decoding_steps_defer_and_every_hypernetwork_gradient_is_unchanged(
     assert deferred.keys() == plain.keys() and len(stacked) > 0
     for name in plain:
         torch.testing.assert_close(deferred[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_causal_hypernetwork_with_or_without_recomputed_steps_keeps_its_gradients(monkeypatch, checkpoint):
+    """A causal hypernetwork's deferred gradients are the plain ones, also with ``checkpoint_decoder`` on (the
+    backbones recompute only uncached passes, so the cached steps the deferral covers are never re-run outside
+    it)."""
+    from test_causal import causal_model, demos, hypernet
+
+    monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)
+    net = hypernet(causal_model(), AutoregressiveGenerator())
+    net.checkpoint_decoder = checkpoint
+    demo_ids, demo_mask = demos()
+
+    def gradients():
+        net.zero_grad(set_to_none=True)
+        sum((v ** 2).sum() for v in net(demo_ids, demo_mask).params.values()).backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    deferred = gradients()
+    monkeypatch.setattr(generators, "deferred_weight_gradients", lambda *modules: contextlib.nullcontext(0))
+    monkeypatch.setattr(net, "checkpoint_decoder", False)
+    plain = gradients()
+    assert deferred.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(deferred[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)

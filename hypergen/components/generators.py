@@ -108,7 +108,9 @@ class AutoregressiveGenerator(Generator):
         outputs: list[torch.Tensor] = []
         if self.use_cache:
             cache = backbone.new_cache(context)
-            with deferred_weight_gradients(*backbone.modules.values()):  # each decoder weight's gradient: one product, not L
+            # each decoder weight's gradient: one product over the L steps, not L (the cached steps are never
+            # recomputed in the backward pass: backbones checkpoint only uncached passes)
+            with deferred_weight_gradients(*backbone.modules.values()):
                 for _ in range(steps):
                     # the G tokens of step l see each other and all earlier steps (held in the cache): no mask
                     h, attentions = backbone.decode(step_input, context, cache=cache,
