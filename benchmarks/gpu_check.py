@@ -188,6 +188,12 @@ def table(rows: list[dict], smoke: bool, command: str, wall: float) -> str:
     peaks = sorted({r["peak_source"] + f": {r['peak_flops'] / 1e12:.3g} TFLOP/s" for r in rows if "error" not in r})
     lines += ["", "Peak: " + "; ".join(peaks), "",
               "FLOPs are a lower-bound estimate from shapes (benchmarks/gpu_check.py's docstring)."]
+    if smoke:  # the file a GPU run replaces: say what this one shows and what it does not
+        lines += ["", "This is the CPU smoke run only: it shows that the whole path works end to end (the recipes' "
+                  "sections, bf16 autocast, 8-bit Adam, accumulation, DeepSpeed ZeRO-2 in a one-process group with "
+                  "gradient checkpointing, the per-step timing and the FLOP estimate); its times say nothing about a "
+                  "GPU. On a GPU run `python benchmarks/gpu_check.py` (default: 1 warm-up + 3 timed steps per case), "
+                  "which replaces this table."]
     return "\n".join(lines) + "\n"
 
 
