@@ -42,6 +42,25 @@ def _chain(first: nn.Linear, second: nn.Linear, x: torch.Tensor, steps: int) -> 
     return x.square().sum() + second(torch.tanh(first(wide))).sum()
 
 
+def record_deferred_products(monkeypatch) -> list[tuple[int, int]]:
+    """From now on, each deferred weight-gradient product as (how many products it stacks, their rows N), appended
+    as it is computed."""
+    products: list[tuple[int, int]] = []
+    original = few_rows._DeferredWeightGradient.backward
+
+    def spy(ctx, grad):
+        products.append((len(ctx.bucket.grads), sum(g.shape[0] for g in ctx.bucket.grads)))
+        return original(ctx, grad)
+
+    monkeypatch.setattr(few_rows._DeferredWeightGradient, "backward", staticmethod(spy))
+    return products
+
+
+def without_deferral(monkeypatch) -> None:
+    """From now on, the generator's decoding steps leave their weight gradients to autograd (the reference)."""
+    monkeypatch.setattr(generators, "deferred_weight_gradients", lambda *modules: contextlib.nullcontext(0))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradients_equal_nn_linear_and_each_weight_is_accumulated_once(bias, monkeypatch):
     monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)
@@ -109,26 +128,19 @@ def test_hart_decoding_steps_defer_and_every_hypernetwork_gradient_is_unchanged(
     hypernet.eval()  # no dropout: both passes see the same numbers
     demo_ids = torch.randint(3, 200, (2, 9))
     demo_mask = torch.ones_like(demo_ids)
-    stacked = []
-    original = few_rows._DeferredWeightGradient.backward
-
-    def spy(ctx, grad):
-        stacked.append(sum(g.shape[0] for g in ctx.bucket.grads))
-        return original(ctx, grad)
-
     def gradients():
         hypernet.zero_grad(set_to_none=True)
         out = hypernet(demo_ids, demo_mask)
         sum((v ** 2).sum() for v in out.params.values()).backward()
         return {n: p.grad.clone() for n, p in hypernet.named_parameters() if p.grad is not None}
 
-    monkeypatch.setattr(few_rows._DeferredWeightGradient, "backward", staticmethod(spy))
+    products = record_deferred_products(monkeypatch)
     deferred = gradients()
     # one product per weight: 3 steps x 2 tasks x 2 tokens, or the 2 x 9 demo tokens (cross-attention keys/values)
-    assert set(stacked) == {3 * 2 * 2, 2 * 9}
-    monkeypatch.setattr(generators, "deferred_weight_gradients", lambda *modules: contextlib.nullcontext(0))
+    assert {rows for _, rows in products} == {3 * 2 * 2, 2 * 9}
+    without_deferral(monkeypatch)
     plain = gradients()
-    assert deferred.keys() == plain.keys() and len(stacked) > 0
+    assert deferred.keys() == plain.keys() and len(products) > 0
     for name in plain:
         torch.testing.assert_close(deferred[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
 
@@ -151,7 +163,7 @@ def test_a_causal_hypernetwork_with_or_without_recomputed_steps_keeps_its_gradie
         return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
     deferred = gradients()
-    monkeypatch.setattr(generators, "deferred_weight_gradients", lambda *modules: contextlib.nullcontext(0))
+    without_deferral(monkeypatch)
     monkeypatch.setattr(net, "checkpoint_decoder", False)
     plain = gradients()
     assert deferred.keys() == plain.keys()

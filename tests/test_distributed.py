@@ -10,7 +10,6 @@ DeepSpeed engine on a machine compiles a small op (about 90 s on 2 CPU cores) in
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import json
@@ -36,7 +35,7 @@ from hypergen.training.distributed import accumulation_steps, setup
 from hypergen.training.methods import HypernetMethod
 from hypergen.training.trainer import Trainer
 
-from test_training import embedded_recipe
+from test_training import embedded_recipe, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -465,33 +464,17 @@ def test_deferred_weight_gradients_reach_distributed_backends_as_plain_ones(tmp_
     deferred (one product over all steps); in a process group of one, DDP's reducer and DeepSpeed's ZeRO-2 hooks
     receive them and the run's losses and weights are those of the same run without deferral and without a
     backend."""
-    from hypergen.components import generators
     from hypergen.models import few_rows
+    from test_deferred_weight_gradients import record_deferred_products, without_deferral
 
     monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)
-    deferred = []
-    original = few_rows._DeferredWeightGradient.backward
-
-    def spy(ctx, grad):
-        deferred.append(len(ctx.bucket.grads))
-        return original(ctx, grad)
-
-    monkeypatch.setattr(few_rows._DeferredWeightGradient, "backward", staticmethod(spy))
+    products = record_deferred_products(monkeypatch)
     data = plain_recipe(tmp_path, steps=3)
     data["training"]["checkpoint_every"] = None
-    runs = {}
-    for name in ("distributed", "plain"):
-        if name == "plain":  # the reference: no deferral, no backend
-            monkeypatch.setattr(generators, "deferred_weight_gradients", lambda *modules: contextlib.nullcontext(0))
-        recipe = {**data, "distributed": section} if name == "distributed" else data
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(recipe))
-        runs[name] = tmp_path / name
-        result = CliRunner().invoke(main, ["train", str(path), "-o", str(runs[name]), "--quiet", "--no-eval"],
-                                    catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        if name == "distributed":
-            assert deferred and max(deferred) > 1  # several decoding steps' rows in one product
+    runs = {"distributed": train(tmp_path, {**data, "distributed": section}, tmp_path / "distributed")}
+    assert products and max(count for count, _ in products) > 1  # several decoding steps in one product
+    without_deferral(monkeypatch)  # the reference: no deferral, no backend
+    runs["plain"] = train(tmp_path, data, tmp_path / "plain")
     assert losses(runs["distributed"]) == pytest.approx(losses(runs["plain"]), rel=1e-5)
     trained, reference = (load_file(str(runs[k] / "hypernetwork.safetensors")) for k in ("distributed", "plain"))
     assert trained.keys() == reference.keys()
