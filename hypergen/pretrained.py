@@ -145,7 +145,7 @@ class PretrainedHyperNetwork:
     def _from_saved(cls, folder: Path, main_model: str | None, device, source: str) -> "PretrainedHyperNetwork":
         from transformers import AutoConfig, AutoTokenizer
 
-        from .models.main import check_model_available
+        from .models.main import check_model_available, resolve_main_model_path
         from .recipe import parse_recipe
 
         config_file = folder / CONFIG
@@ -163,7 +163,7 @@ class PretrainedHyperNetwork:
             raise HypergenError(f"{config_file}: main_model.name_or_path is not set; pass main_model=...")
         where = "main_model" if main_model else f"{config_file}: main_model.name_or_path"
         check_model_available(name, where)
-        shape = main_model_shape(AutoConfig.from_pretrained(name))
+        shape = main_model_shape(AutoConfig.from_pretrained(resolve_main_model_path(name, where)))
         for key, want in (stored.get("shape") or {}).items():
             if shape.get(key) != want:
                 raise HypergenError(f"{config_file}: trained for a main model with {key}={want}, but {name} has "
@@ -208,13 +208,16 @@ class PretrainedHyperNetwork:
     def save_pretrained(self, folder: str | Path, overwrite: bool = False,
                         copy_main_model: bool | None = None) -> Path:
         """Write a self-describing folder (see the module docstring), atomically. ``copy_main_model``: copy the
-        main model into the folder (default: unless it is named by a hub id, i.e. tiny or a local folder)."""
+        main model into the folder (default: unless it is named by a hub id or a packaged model's name, i.e. tiny
+        or a local folder or GGUF file)."""
         from .models.main import save_main_model
+        from .models.packaged import is_packaged_name
 
         folder = prepare_output_dir(Path(folder), SAVED_FOLDER, overwrite, "save_pretrained")
         recipe = self.recipe_dict
         spec = self.recipe.main_model
-        hub_id = spec.tiny is None and looks_like_repo_id(spec.name_or_path) and not Path(spec.name_or_path).exists()
+        hub_id = spec.tiny is None and (is_packaged_name(spec.name_or_path) or (  # a name, not a path
+            looks_like_repo_id(spec.name_or_path) and not Path(spec.name_or_path).exists()))
         copied = (not hub_id) if copy_main_model is None else copy_main_model
         if not copied and spec.tiny is not None:
             raise HypergenError("save_pretrained: a tiny main model has no name to point at; copy_main_model must "

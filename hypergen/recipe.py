@@ -55,7 +55,7 @@ class TinyT5(Strict):
 
 
 class MainModel(Strict):
-    """Exactly one of ``name_or_path`` (hub id or local Hugging Face folder) and ``tiny``."""
+    """Exactly one of ``name_or_path`` (hub id, HF folder, GGUF file or folder, packaged model name) and ``tiny``."""
 
     name_or_path: str | None = None
     tiny: TinyT5 | None = None

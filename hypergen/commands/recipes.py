@@ -88,6 +88,7 @@ def registry_list() -> None:
     """List every registered component (built-in, from a plugin or from --code) with its registry."""
     from .. import components  # noqa: F401 - registers the built-in components
     from ..training import loggers  # noqa: F401 - and the built-in metric loggers
+    from ..models import packaged  # noqa: F401 - and the built-in packaged models
     from ..registry import KINDS, registry
 
     for kind in KINDS:

@@ -1,5 +1,7 @@
 """Load the frozen main model: a Hugging Face T5-family seq2seq model or a Llama-style causal LM (Llama, Qwen2,
-Mistral, ...) by hub id or local folder (the kind read from its config), or a tiny T5, Llama or Qwen2.
+Mistral, ...) by hub id or local folder (the kind read from its config), a GGUF file, a folder with one, or a
+packaged model's name (converted once into a cached folder: :mod:`hypergen.models.packaged`), or a tiny T5, Llama
+or Qwen2.
 
 A tiny model is built from a config with random weights and uses the file-less ``ByT5Tokenizer()`` (bytes as
 tokens), so it runs with no download. A hub id that cannot be fetched fails at once with one line that says how to
@@ -19,6 +21,7 @@ from ..errors import HypergenError
 from ..hub import hub_reachable
 from ..recipe import MainModel
 from .backbones.causal import causal_layers
+from .packaged import locate, resolve_main_model_path as _resolve, unknown_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,7 +64,10 @@ def tiny_causal(spec, vocab_size: int):
 
 
 def check_model_available(name_or_path: str, where: str = "main_model.name_or_path") -> None:
-    """Fail fast, in one line, when ``name_or_path`` is neither a local folder, nor cached, nor fetchable."""
+    """Fail fast, in one line, when ``name_or_path`` is neither a local folder, nor a GGUF file (or a folder with
+    one), nor an installed packaged model, nor cached, nor fetchable. Converts nothing."""
+    if locate(name_or_path, where) is not None:
+        return
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -75,11 +81,17 @@ def check_model_available(name_or_path: str, where: str = "main_model.name_or_pa
     except Exception:  # noqa: BLE001 - not in the local cache
         pass
     if not hub_reachable():
-        raise HypergenError(
+        raise HypergenError(unknown_name(name_or_path, where) or (
             f"{where}: cannot fetch {name_or_path!r} from the Hugging Face Hub (no network access from here) and it "
             f"is not in the local cache; download it elsewhere and point the recipe at the folder, e.g. "
             f"--set {where}=/path/to/{name_or_path.split('/')[-1]}"
-        )
+        ))
+
+
+def resolve_main_model_path(name_or_path: str, where: str = "main_model.name_or_path") -> str:
+    """The Hugging Face folder or hub id that ``from_pretrained`` reads for ``name_or_path``: a GGUF form is
+    converted (once, checked with :func:`check_supported`) into a cached folder, whose path is returned."""
+    return _resolve(name_or_path, where, check=check_supported)
 
 
 def load_main_model(spec: MainModel, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
@@ -92,11 +104,12 @@ def load_main_model(spec: MainModel, device: torch.device | str = "cpu", dtype: 
         model = build(spec.tiny, vocab_size=len(tokenizer))
     else:
         check_model_available(spec.name_or_path)
+        source = resolve_main_model_path(spec.name_or_path)
         try:  # a damaged folder fails in many ways (truncated weights, bad config, wrong shapes): one line each
-            tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path)
-            seq2seq = getattr(AutoConfig.from_pretrained(spec.name_or_path), "is_encoder_decoder", False)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            seq2seq = getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False)
             auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-            model = auto.from_pretrained(spec.name_or_path, dtype=dtype)
+            model = auto.from_pretrained(source, dtype=dtype)
         except Exception as exc:  # noqa: BLE001 - whatever transformers raises for a file it cannot read
             if isinstance(exc, torch.OutOfMemoryError):
                 raise
