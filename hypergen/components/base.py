@@ -56,6 +56,8 @@ class SlotGroup:
 
     ``name`` e.g. "encoder.key"; ``source`` is the group of main-model layers whose generated states feed it
     ("encoder" or "decoder" of a T5, "layers" of a causal LM); ``num_layers`` is how many layers carry the slot.
+    ``zero_at_init``: the projector must generate this group as exactly zero before any training (LoRA's B half, as
+    peft starts a new LoRA), so that the adapted main model starts as the frozen model.
     """
 
     name: str
@@ -63,6 +65,7 @@ class SlotGroup:
     num_layers: int
     rows: int
     width: int
+    zero_at_init: bool = False
 
 
 class Generator(nn.Module, abc.ABC):
@@ -143,7 +146,9 @@ class Projector(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def build(self, d_model: int, groups: list[SlotGroup], rows_per_layer: int) -> None:
-        """Create the heads; ``rows_per_layer`` is how many state rows feed one layer (1 for HART, p for HT)."""
+        """Create the heads; ``rows_per_layer`` is how many state rows feed one layer (1 for HART, p for HT).
+        A group with ``zero_at_init`` must come out as exactly zero until the heads are trained (whatever the
+        states), so that a fresh hypernetwork leaves the frozen main model's outputs unchanged."""
 
     @abc.abstractmethod
     def forward(self, generated: GeneratedStates) -> dict[str, torch.Tensor]:

@@ -7,6 +7,14 @@
 Linear1_g is shared by all layers of the group; LayerNorm and Linear2 are per layer. With r state rows feeding a
 layer and a slot of ``rows`` x ``width``, Linear1 maps d_h -> (rows / r) * d_hidden, so that
 HART (r = 1) gets d_h -> p*d_h then a reshape to p x d_h, and HyperTuning (r = p) gets d_h -> d_h on each row.
+
+Starting and moving like a peft adapter. A slot group with ``zero_at_init`` (LoRA's B) has Linear2 = 0, so a fresh
+hypernetwork leaves the frozen model unchanged. And Adam moves every weight by about ``lr`` a step, so each output
+of Linear2 (a sum of ``hidden`` terms tanh(.) * w) moves by up to ``lr * hidden * E|tanh|``: on SmolLM2 (hidden
+576) the generated LoRA grew by 7% of ||W|| a step at lr 3e-4 and the loss rose above the frozen model's by step 3
+(benchmarks/results/real_model.md). ``output_lr_scale`` (default ``"fan_in"``: 1 / hidden, the muP rule for an
+Adam-trained output layer) scales Linear2's learning rate so that a generated weight moves about ``lr`` a step, as a
+peft LoRA weight does.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..models.few_rows import FewRowsLinear
+from ..training.optim import LR_SCALE
 from ..registry import registry
 from .base import GeneratedStates, Projector, SlotGroup
 
@@ -26,7 +35,8 @@ class LayerwiseHeads(nn.Module):
     Input T x L x r x d_h; output T x L x rows x width.
     """
 
-    def __init__(self, group: SlotGroup, d_model: int, hidden: int, rows_in: int, eps: float = 1e-6) -> None:
+    def __init__(self, group: SlotGroup, d_model: int, hidden: int, rows_in: int, eps: float = 1e-6,
+                 output_lr_scale: float = 1.0) -> None:
         super().__init__()
         self.group = group
         self.rows_in = min(rows_in, group.rows) if group.rows else rows_in
@@ -43,7 +53,11 @@ class LayerwiseHeads(nn.Module):
         self.first = FewRowsLinear(d_model, self.expansion * hidden)
         self.second_weight = nn.Parameter(torch.empty(num_layers, hidden, group.width))  # Linear2_g^l
         self.second_bias = nn.Parameter(torch.zeros(num_layers, group.width))
-        nn.init.uniform_(self.second_weight, -hidden ** -0.5, hidden ** -0.5)
+        setattr(self.second_weight, LR_SCALE, output_lr_scale)  # read by training.optim.make_optimizer
+        if group.zero_at_init:  # e.g. LoRA's B: the adapted model starts as the frozen model (peft's convention)
+            nn.init.zeros_(self.second_weight)
+        else:
+            nn.init.uniform_(self.second_weight, -hidden ** -0.5, hidden ** -0.5)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         states = states[:, :, : self.rows_in]  # T x L x r x d_h
@@ -56,21 +70,29 @@ class LayerwiseHeads(nn.Module):
 
 @registry.projectors.register("layerwise_mlp.v1")
 class LayerwiseMLPProjector(Projector):
-    """One :class:`LayerwiseHeads` per slot group; ``hidden`` defaults to the hypernetwork width d_h."""
+    """One :class:`LayerwiseHeads` per slot group; ``hidden`` defaults to the hypernetwork width d_h;
+    ``output_lr_scale``: Linear2's learning rate relative to the recipe's, ``"fan_in"`` (1 / hidden, the default)
+    or a positive number (1: the same as every other weight)."""
 
-    def __init__(self, hidden: int | None = None) -> None:
+    def __init__(self, hidden: int | None = None, output_lr_scale: float | str = "fan_in") -> None:
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
             raise RecipeError(f"hidden: expected a positive integer (or null for the hypernetwork width), "
                               f"got {hidden!r}")
+        if output_lr_scale != "fan_in" and (isinstance(output_lr_scale, bool)
+                                            or not isinstance(output_lr_scale, (int, float)) or output_lr_scale <= 0):
+            raise RecipeError(f"output_lr_scale: expected \"fan_in\" or a positive number, got {output_lr_scale!r}")
         super().__init__()
         self.hidden = hidden
+        self.output_lr_scale = output_lr_scale
         self.heads = nn.ModuleDict()
         self._indices: dict[tuple, torch.Tensor] = {}  # row layouts already on a device: no copy per step
 
     def build(self, d_model: int, groups: list[SlotGroup], rows_per_layer: int) -> None:
         for group in groups:
             key = group.name.replace(".", "_")
-            self.heads[key] = LayerwiseHeads(group, d_model, self.hidden or d_model, rows_per_layer)
+            hidden = self.hidden or d_model
+            scale = 1.0 / hidden if self.output_lr_scale == "fan_in" else float(self.output_lr_scale)
+            self.heads[key] = LayerwiseHeads(group, d_model, hidden, rows_per_layer, output_lr_scale=scale)
 
     def forward(self, generated: GeneratedStates) -> dict[str, torch.Tensor]:
         out = {}

@@ -10,11 +10,23 @@ import torch
 from ..errors import RecipeError
 
 
+LR_SCALE = "hypergen_lr_scale"
+"""An attribute a module may set on one of its parameters: that parameter's learning rate is ``lr`` times it (the
+projector's output layers, whose every Adam step moves the generated weights by about ``lr`` times their fan-in)."""
+
+
 def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over the trainable ``parameters``, one parameter group per learning-rate scale (a
+    parameter's :data:`LR_SCALE` attribute, default 1): group lr = ``cfg.lr`` x scale."""
     params = [p for p in parameters if p.requires_grad]
+    scales: dict[float, list[torch.Tensor]] = {}
+    for param in params:
+        scales.setdefault(float(getattr(param, LR_SCALE, 1.0)), []).append(param)
+    groups = [{"params": group, "lr": cfg.lr * scale}  # the unscaled group first: the one logged as "lr"
+              for scale, group in sorted(scales.items(), key=lambda item: item[0] != 1.0)]
     if cfg.optimizer == "adam8bit":
-        return _adam8bit(params, cfg)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_adamw_kernel(params))
+        return _adam8bit(groups, cfg)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **_adamw_kernel(params))
 
 
 def _adamw_kernel(params: list[torch.Tensor]) -> dict[str, bool]:

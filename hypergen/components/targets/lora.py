@@ -133,7 +133,7 @@ class LoraTarget(PEFTTarget):
             groups[f"{site.group}.A"] = SlotGroup(f"{site.group}.A", site.source, layers[site.group], self.rank,
                                                   linear.in_features)
             groups[f"{site.group}.B"] = SlotGroup(f"{site.group}.B", site.source, layers[site.group], self.rank,
-                                                  linear.out_features)
+                                                  linear.out_features, zero_at_init=True)  # B = 0: peft's start
         return list(groups.values())
 
     def prepare(self, main_model: nn.Module) -> None:
