@@ -24,7 +24,7 @@ from .components.targets.prefix import PrefixTarget
 from .data.collate import Batch, Collator
 from .data.tasks import Task
 from .models.adapted import main_forward, main_generate
-from .models.backbones import family
+from .models.families import family_of
 
 KINDS = ("lora", "prefix")
 
@@ -43,10 +43,10 @@ class PerTaskTuner:
         if kind == "lora":
             from peft import LoraConfig, get_peft_model
 
-            models_family = family(main)
+            models_family = family_of(main)  # peft's default targets, as a peft user would adapt
             self.model = get_peft_model(main, LoraConfig(r=lora_rank,
-                                                         target_modules=list(models_family.BASELINE_LORA_TARGETS),
-                                                         task_type=models_family.PEFT_TASK_TYPE))
+                                                         target_modules=list(models_family.default_lora_targets),
+                                                         task_type=models_family.peft_task_type))
             self.params = [p for p in self.model.parameters() if p.requires_grad]
         else:
             self.model = main

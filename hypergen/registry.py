@@ -5,6 +5,8 @@ declaring an entry point in one of the groups ``hypergen_generators``, ``hyperge
 ``hypergen_regularizers``, ``hypergen_peft_targets`` or ``hypergen_loggers`` (metric loggers) whose value is the component's factory (usually its class).
 The group ``hypergen_packaged_models`` names main models that a Python package ships as a GGUF file: its value is
 a function returning a ``hypergen.models.packaged.PackagedModel`` (built-ins register when that module is imported).
+The group ``hypergen_families`` adds a main-model family: a ``hypergen.models.families.base.Family`` subclass (or
+instance), chosen by ``config.model_type`` (built-ins register when ``hypergen.models.families`` is imported).
 Built-in component names are versioned (``autoregressive.v1``; a packaged model is named as its model); the bare name (``autoregressive``) resolves to the newest
 version. A plugin whose entry point fails to import is reported with a warning naming it; every other component
 still works.
@@ -23,7 +25,7 @@ import catalogue
 
 from .errors import UnknownComponentError
 
-KINDS = ("generators", "projectors", "regularizers", "peft_targets", "loggers", "packaged_models")
+KINDS = ("generators", "projectors", "regularizers", "peft_targets", "loggers", "packaged_models", "families")
 _VERSIONED = re.compile(r"(.+)\.v(\d+)")
 
 
@@ -37,6 +39,7 @@ class Registries:
         self.peft_targets = catalogue.create("hypergen", "peft_targets", entry_points=True)
         self.loggers = catalogue.create("hypergen", "loggers", entry_points=True)
         self.packaged_models = catalogue.create("hypergen", "packaged_models", entry_points=True)
+        self.families = catalogue.create("hypergen", "families", entry_points=True)
         self._plugins_loaded: set[str] = set()
 
     def get_registry(self, kind: str) -> catalogue.Registry:

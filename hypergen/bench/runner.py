@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..models.backbones import family
+from ..models.families import family_of
 from ..training.methods import HypernetMethod
 from .finetune import FT_METHODS, LORA_RANK, fine_tuning, hypernet_rouge
 from .latency import adapt, adaptation_latency
@@ -97,7 +97,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "label": setup.label, "size": setup.preset.name, "run": config.run_dir,
         "machine": machine_info(device),
-        "main_model": {**family(main).describe_main(cfg),
+        "main_model": {**family_of(main).describe(cfg),
                        "parameters": sum(p.numel() for p in main.parameters()),
                        "dtype": str(next(main.parameters()).dtype)},
         "hypernetwork": {"decoder_layers": hyper.decoder_layers, "fusion_in_decoder": hyper.fusion_in_decoder},
@@ -108,7 +108,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "settings": {"tasks": config.tasks, "steps": config.steps, "eval_every": config.eval_every,
                      "eval_instances": config.eval_instances, "latency_warmup": setup.preset.latency_warmup,
                      "prefix_length": setup.preset.prefix_length, "lora_rank": LORA_RANK,
-                     "lora_target_modules": ["q", "v"], "optimizer": "AdamW"},
+                     "lora_target_modules": list(family_of(main).default_lora_targets), "optimizer": "AdamW"},
         "memory_method": memory_method(device), "notes": list(setup.notes),
         "task_names": [t.name for t in tasks],
     }

@@ -1,6 +1,6 @@
 """Run the frozen main model with generated parameters: M(x; theta, phi), optionally with fusion-in-decoder.
 
-How the main model reads the query and the answer is its family's (hypergen/models/backbones/): T5 encodes the
+How the main model reads the query and the answer is its family's (hypergen/models/families/): T5 encodes the
 query and decodes the answer (fusion-in-decoder, appendix 6.1.3: the main decoder cross-attends to [e ; Enc_main(x)],
 the hypernetwork encoder's output prepended to the main encoder's output); a causal LM reads [query ; answer].
 """
@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 
 from ..components.base import PEFTTarget
-from .backbones import family
+from .families import family_of
 from .backbones.base import Context
 from .hypernet import TaskParameters
 
@@ -27,14 +27,14 @@ def fusion_context(per_example: TaskParameters | None, fusion: bool) -> Context 
 def main_forward(main_model, input_ids, attention_mask, labels, fusion_states: Context | None = None):
     """The main model teacher-forced on ``labels`` (B x n_y, -100 = padding): ``.loss`` the mean CE over answer
     tokens, ``.logits`` B x n_y x V (row t predicts answer token t)."""
-    return family(main_model).main_forward(main_model, fusion_states, input_ids, attention_mask, labels)
+    return family_of(main_model).forward(main_model, fusion_states, input_ids, attention_mask, labels)
 
 
 def main_generate(main_model, input_ids, attention_mask, max_new_tokens: int, num_beams: int = 1,
                   fusion_states: Context | None = None) -> torch.Tensor:
     """Greedy (or beam) decoding: B x n_out new token ids."""
-    return family(main_model).main_generate(main_model, fusion_states, input_ids, attention_mask, max_new_tokens,
-                                            num_beams)
+    return family_of(main_model).generate(main_model, fusion_states, input_ids, attention_mask, max_new_tokens,
+                                          num_beams)
 
 
 def adapted_forward(main_model, target: PEFTTarget, per_example: TaskParameters, input_ids, attention_mask, labels,

@@ -1,7 +1,7 @@
-"""Load the frozen main model: a Hugging Face T5-family seq2seq model or a Llama-style causal LM (Llama, Qwen2,
-Mistral, ...) by hub id or local folder (the kind read from its config), a GGUF file, a folder with one, or a
-packaged model's name (converted once into a cached folder: :mod:`hypergen.models.packaged`), or a tiny T5, Llama
-or Qwen2.
+"""Load the frozen main model: a model of a registered family (:mod:`hypergen.models.families`: T5, Llama, Qwen2,
+Mistral, Gemma 3, GPT-2, ...) by hub id or local folder (the kind read from its config), a GGUF file, a folder with
+one, or a packaged model's name (converted once into a cached folder: :mod:`hypergen.models.packaged`), or a tiny
+model of a family's tiny builder (``main_model.tiny.architecture``).
 
 A tiny model is built from a config with random weights and uses the file-less ``ByT5Tokenizer()`` (bytes as
 tokens), so it runs with no download. A hub id that cannot be fetched fails at once with one line that says how to
@@ -14,53 +14,21 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, ByT5Tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, T5Config
-from transformers import T5ForConditionalGeneration
 
 from ..errors import HypergenError
 from ..hub import hub_reachable
 from ..recipe import MainModel
-from .backbones.causal import causal_layers
+from .families import family_of, tiny_family
+from .families.t5 import tiny_t5  # noqa: F401 - re-exported
 from .packaged import locate, resolve_main_model_path as _resolve, unknown_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def tiny_t5(spec, vocab_size: int) -> T5ForConditionalGeneration:
-    """A T5 of ``spec``'s widths with random weights (seeded by ``spec.seed``); ``spec.vocab_size`` when set,
-    else ``vocab_size`` (the tokenizer's), embedding rows."""
-    config = T5Config(
-        vocab_size=spec.vocab_size or vocab_size, d_model=spec.d_model, d_kv=spec.d_kv, d_ff=spec.d_ff, num_layers=spec.num_layers,
-        num_decoder_layers=spec.num_decoder_layers, num_heads=spec.num_heads, dropout_rate=spec.dropout_rate,
-        feed_forward_proj=spec.feed_forward_proj, decoder_start_token_id=0,
-        pad_token_id=0, eos_token_id=1,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        return T5ForConditionalGeneration(config)
-
-
-CAUSAL_ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
-
-
 def tiny_causal(spec, vocab_size: int):
-    """A causal LM of ``spec.architecture`` ("llama" or "qwen2") and ``spec``'s widths with random weights (seeded
-    by ``spec.seed``): hidden size ``d_model``, ``num_layers`` layers, ``num_heads`` heads of width ``d_kv``
-    (``num_key_value_heads`` of them for keys/values), MLP width ``d_ff``; pad 0 and eos 1 as the ByT5 tokenizer."""
-    kv_heads = spec.num_key_value_heads or spec.num_heads
-    if spec.num_heads % kv_heads:
-        raise HypergenError(f"main_model.tiny.num_key_value_heads: {kv_heads} does not divide num_heads "
-                            f"{spec.num_heads}")
-    config_class, model_class = CAUSAL_ARCHITECTURES[spec.architecture]
-    config = config_class(
-        vocab_size=spec.vocab_size or vocab_size, hidden_size=spec.d_model, intermediate_size=spec.d_ff,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=kv_heads,
-        head_dim=spec.d_kv, attention_dropout=spec.dropout_rate, max_position_embeddings=4096,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        return model_class(config)
+    """A causal LM of ``spec.architecture`` (a family's tiny builder: "llama", "qwen2", "mistral", "gemma3",
+    "gpt2", ...) and ``spec``'s widths with random weights (seeded by ``spec.seed``)."""
+    return tiny_family(spec.architecture).tiny(spec, vocab_size)
 
 
 def check_model_available(name_or_path: str, where: str = "main_model.name_or_path") -> None:
@@ -100,8 +68,7 @@ def load_main_model(spec: MainModel, device: torch.device | str = "cpu", dtype: 
     dtype = dtype or DTYPES[spec.dtype]
     if spec.tiny is not None:
         tokenizer = ByT5Tokenizer()
-        build = tiny_t5 if spec.tiny.architecture == "t5" else tiny_causal
-        model = build(spec.tiny, vocab_size=len(tokenizer))
+        model = tiny_family(spec.tiny.architecture).tiny(spec.tiny, vocab_size=len(tokenizer))
     else:
         check_model_available(spec.name_or_path)
         source = resolve_main_model_path(spec.name_or_path)
@@ -125,13 +92,9 @@ def load_main_model(spec: MainModel, device: torch.device | str = "cpu", dtype: 
 
 
 def check_supported(model) -> None:
-    """A T5-family encoder-decoder or a Llama-style causal LM, else one line naming the model's class."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        if not hasattr(model, "encoder") or not hasattr(model.encoder, "block"):
-            raise HypergenError(f"main_model: {type(model).__name__} is not a T5-family encoder-decoder model")
-        return
+    """A model of a registered family, with the modules its family reads, else one line naming the model's class."""
     try:
-        causal_layers(model)
+        family_of(model).check(model)
     except ValueError as exc:
         raise HypergenError(str(exc)) from None
 

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..components.base import TEMPORARY_ATTRIBUTE_PREFIX
-from ..models.backbones import family
+from ..models.families import family_of
 
 _WRAPPED = f"{TEMPORARY_ATTRIBUTE_PREFIX}checkpoint_wrapped"
 
@@ -47,7 +47,7 @@ def enable_gradient_checkpointing(method, hypernetwork: bool, main_model: bool) 
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             module.config.use_cache = False
         else:
-            for block in family(method.main_model).main_layers(method.main_model):
+            for block in family_of(method.main_model).layers(method.main_model):
                 wrap_block(block)
         done.append("main_model")
     return done

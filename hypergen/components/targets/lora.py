@@ -1,13 +1,16 @@
-"""LoRA on a T5 or causal main model: generated per-example low-rank updates of chosen projections.
+"""LoRA on any family's main model: generated per-example low-rank updates of chosen projections.
 
-For each adapted projection ``W`` (an ``nn.Linear`` of d_in -> d_out: on T5 ``q``, ``k``, ``v`` or ``o`` of the
-encoder/decoder self-attention or of the decoder cross-attention ``EncDecAttention``; on a causal LM peft's
-``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj`` of every layer) and each
-example b::
+For each adapted projection ``W`` (an ``nn.Linear`` of d_in -> d_out, or GPT-2's Conv1D: on T5 ``q``, ``k``, ``v``
+or ``o`` of the encoder/decoder self-attention or of the decoder cross-attention ``EncDecAttention``; on a
+Llama-style LM peft's ``q_proj``, ..., ``down_proj`` of every layer; on GPT-2 ``c_attn``, ``c_proj``, ``c_fc``)
+and each example b::
 
     y_b = W x_b + (alpha / r) * B_b (A_b x_b)        A_b: r x d_in,  B_b: d_out x r
 
-Which projections exist is the main model's backbone family's to say (``lora_sites`` in hypergen/models/backbones/).
+Which projections exist is the main model's family's to say (``Family.sites`` in hypergen/models/families/):
+``targets`` names peft's module names ("q_proj", "c_attn") or roles ("attn.q", "mlp.in"); without ``targets``, a
+LoRA adapts peft's default target modules of the family (T5: q, v; Llama, Qwen2, Mistral, Gemma 3: q_proj, v_proj;
+GPT-2: c_attn).
 Slot groups, per side, attention and projection, e.g. ``"encoder.self.q.A"`` and ``"encoder.self.q.B"`` (a causal
 LM: per projection, ``"layers.q_proj.A"``):
 ``num_layers`` (that side's layer count) x ``rank`` rows x width. The A group has width d_in; the B group has width
@@ -21,13 +24,13 @@ Adapter folder (``adapter_format = "lora"``: peft's format, loadable with
 
     FOLDER/adapter_config.json        peft's LoraConfig (``LoraConfig.to_dict()``): r, lora_alpha, target_modules (a
                                       regex matching exactly the adapted projections), task_type SEQ_2_SEQ_LM
-                                      (CAUSAL_LM for a causal LM), ...
+                                      (CAUSAL_LM for a causal LM), fan_in_fan_out (true for GPT-2's Conv1D), ...
     FOLDER/adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r x d_in) and .lora_B.weight
                                       (d_out x r), e.g. base_model.model.encoder.block.0.layer.0.SelfAttention.q.*
                                       (peft drops the adapter name "default" from the saved keys)
 
-:meth:`LoraTarget.load` reads such a folder (also one written by peft itself) without peft, for a T5 or a causal LM
-(keys ``base_model.model.model.layers.<i>.self_attn.q_proj.lora_A.weight``, ...).
+:meth:`LoraTarget.load` reads such a folder (also one written by peft itself) without peft, for any family (keys
+``base_model.model.<site's module path>.lora_A.weight``, e.g. ``base_model.model.model.layers.<i>.self_attn.q_proj``).
 
 Mechanism: :meth:`LoraTarget.prepare` registers a forward hook on each chosen ``nn.Linear``. Outside
 :meth:`LoraTarget.applied` the hook returns ``None``, so the model is exactly the stock model. Inside, each Linear
@@ -49,8 +52,9 @@ from torch import nn
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
-from ...models.backbones import causal, family, t5
 from ...models.backbones.base import LinearSite
+from ...models.families import family_of, lora_target_names
+from ...models.families.base import site_widths
 from ...registry import registry
 from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
@@ -58,16 +62,12 @@ _SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora_site"  # on a hooked Linear: (side, a
 _HOOK = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora_hook"  # the hook's handle (prepare is idempotent)
 _LORA = f"{TEMPORARY_ATTRIBUTE_PREFIX}lora"  # (A: P x r x d_in, B^T: P x r x d_out, scale), while applied
 
-PROJECTIONS = (*t5.LORA_PROJECTIONS, *causal.LORA_PROJECTIONS)  # any family's; the family checks its own
-ATTENTIONS = t5.LORA_ATTENTIONS
-SIDES = t5.LORA_SIDES
+ATTENTIONS = ("self", "cross")  # cross: an encoder-decoder's decoder only
+SIDES = ("encoder", "decoder")  # an encoder-decoder's; a causal LM has one group of layers
 
 LORA_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-_PEFT_KEY = re.compile(r"base_model\.model\.(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\."
-                       r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.lora_(A|B)\.weight")
-_ATTENTION_OF = {name: (att, index) for att, (index, name) in ATTENTIONS.items()}
-_CAUSAL_PEFT_KEY = re.compile(r"base_model\.model\.(?:\w+\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight")
+_PEFT_KEY = re.compile(r"base_model\.model\.(.+)\.lora_(A|B)\.weight")
 
 
 def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -87,20 +87,23 @@ def _lora_hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Te
 
 @registry.peft_targets.register("lora.v1")
 class LoraTarget(PEFTTarget):
-    """Per-example LoRA of rank ``rank`` (scale ``alpha / rank``) on the ``targets`` projections of the chosen
-    ``attention`` modules ("self" and/or "cross"; cross-attention exists only in the decoder) of each side in
-    ``sides``. Slot groups ``"{side}.{attention}.{projection}.A"`` (num_layers x rank x d_in) and ``".B"``
+    """Per-example LoRA of rank ``rank`` (scale ``alpha / rank``) on the ``targets`` projections (peft's module
+    names or roles; None: the family's peft defaults) of the chosen ``attention`` modules ("self" and/or "cross";
+    cross-attention exists only in an encoder-decoder's decoder) of each side in ``sides`` (an encoder-decoder's).
+    Slot groups ``"{site group}.A"`` (num_layers x rank x d_in), e.g. ``"encoder.self.q.A"``, and ``".B"``
     (num_layers x rank x d_out: B transposed)."""
 
     adapter_format = "lora"
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, targets: tuple[str, ...] | list[str] = ("q", "v"),
+    def __init__(self, rank: int = 8, alpha: float = 16.0, targets: tuple[str, ...] | list[str] | None = None,
                  attention: tuple[str, ...] | list[str] = ("self",),
                  sides: tuple[str, ...] | list[str] = ("encoder", "decoder")) -> None:
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        for name, values, allowed in (("targets", targets, PROJECTIONS), ("attention", attention, tuple(ATTENTIONS)),
-                                      ("sides", sides, SIDES)):
+        checks = [("attention", attention, ATTENTIONS), ("sides", sides, SIDES)]
+        if targets is not None:  # None: the family's defaults; names: some family's (each checks its own)
+            checks.insert(0, ("targets", targets, lora_target_names()))
+        for name, values, allowed in checks:
             if isinstance(values, str) or not values:
                 raise ValueError(f"{name} must be a non-empty list, got {values!r}")
             unknown = [v for v in values if v not in allowed]
@@ -108,7 +111,7 @@ class LoraTarget(PEFTTarget):
                 raise ValueError(f"{name}: unknown {unknown}; allowed: {', '.join(allowed)}")
         self.rank = int(rank)
         self.alpha = float(alpha)
-        self.targets = tuple(dict.fromkeys(targets))
+        self.targets = tuple(dict.fromkeys(targets)) if targets is not None else None
         self.attention = tuple(dict.fromkeys(attention))
         self.sides = tuple(dict.fromkeys(sides))
         if self.sides == ("encoder",) and self.attention == ("cross",):
@@ -118,10 +121,10 @@ class LoraTarget(PEFTTarget):
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def sites(self, main_model: nn.Module) -> list[tuple[LinearSite, nn.Linear]]:
-        """(site, Linear) for every adapted projection, in slot-group order (its family's ``lora_sites``)."""
+    def sites(self, main_model: nn.Module) -> list[tuple[LinearSite, nn.Module]]:
+        """(site, projection) for every adapted projection, in slot-group order (its family's ``sites``)."""
         try:
-            return family(main_model).lora_sites(main_model, self.targets, self.attention, self.sides)
+            return family_of(main_model).sites(main_model, self.targets, self.attention, self.sides)
         except ValueError as exc:
             raise HypergenError(f"peft.{exc}") from None
 
@@ -130,16 +133,16 @@ class LoraTarget(PEFTTarget):
         layers: dict[str, int] = {}
         for site, linear in self.sites(main_model):
             layers[site.group] = layers.get(site.group, 0) + 1
-            groups[f"{site.group}.A"] = SlotGroup(f"{site.group}.A", site.source, layers[site.group], self.rank,
-                                                  linear.in_features)
+            d_in, d_out = site_widths(site, linear)
+            groups[f"{site.group}.A"] = SlotGroup(f"{site.group}.A", site.source, layers[site.group], self.rank, d_in)
             groups[f"{site.group}.B"] = SlotGroup(f"{site.group}.B", site.source, layers[site.group], self.rank,
-                                                  linear.out_features, zero_at_init=True)  # B = 0: peft's start
+                                                  d_out, zero_at_init=True)  # B = 0: peft's start
         return list(groups.values())
 
     def prepare(self, main_model: nn.Module) -> None:
         """Hook every chosen projection once (idempotent); the hook is inert outside :meth:`applied`."""
         for site, linear in self.sites(main_model):
-            if not isinstance(linear, nn.Linear):
+            if not isinstance(linear, nn.Linear) and not site.fan_in_fan_out:
                 raise RuntimeError(f"{site.path} is {type(linear).__name__}, not nn.Linear")
             if getattr(linear, _HOOK, None) is None:
                 setattr(linear, _HOOK, linear.register_forward_hook(_lora_hook))
@@ -167,7 +170,7 @@ class LoraTarget(PEFTTarget):
                 setattr(linear, _LORA, previous)
 
     def describe(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets),
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets) if self.targets else None,
                 "attention": list(self.attention), "sides": list(self.sides)}
 
     # ------------------------------------------------------------------------------ adapter folder (peft's format)
@@ -199,9 +202,10 @@ class LoraTarget(PEFTTarget):
 
         atomic_save_tensors(Path(folder) / LORA_WEIGHTS, self.peft_state_dict(main_model, params),
                             metadata={"format": "pt"})
+        fan_in_fan_out = any(site.fan_in_fan_out for site, _ in self.sites(main_model))  # GPT-2's Conv1D, as peft
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.peft_target_modules(main_model),
-                            lora_dropout=0.0, bias="none", task_type=family(main_model).PEFT_TASK_TYPE,
-                            inference_mode=True,
+                            lora_dropout=0.0, bias="none", task_type=family_of(main_model).peft_task_type,
+                            inference_mode=True, fan_in_fan_out=fan_in_fan_out,
                             base_model_name_or_path=base_model_name_or_path)
         return {key: list(value) if isinstance(value, set) else value for key, value in config.to_dict().items()}
 
@@ -211,7 +215,7 @@ class LoraTarget(PEFTTarget):
         """Rebuild the target and its parameters ({group: 1 x L x r x width}) from a peft LoRA folder, checking that
         it fits ``main_model``: every layer of each adapted projection, with matching widths."""
         config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / LORA_WEIGHTS
-        for key, supported in (("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False)):
+        for key, supported in (("use_dora", False), ("use_rslora", False)):
             if config.get(key, supported) != supported:
                 raise HypergenError(f"{config_file}: {key}={config[key]!r} is not supported (hypergen applies plain "
                                     "LoRA)")
@@ -221,13 +225,18 @@ class LoraTarget(PEFTTarget):
         if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, (int, float)):
             raise HypergenError(f"{config_file}: 'r' and 'lora_alpha' must be a positive integer and a number")
         state = read_safetensors(weights, "LoRA adapter weights")
-        if family(main_model) is t5:
-            found = _peft_weights_by_site(weights, state)
-            choice = {"sides": sorted({g.split(".")[0] for g in found}, key=SIDES.index),
-                      "attention": sorted({g.split(".")[1] for g in found}, key=list(ATTENTIONS).index)}
-        else:
-            found, choice = _causal_peft_weights(weights, state), {"attention": ["self"]}
-        targets = sorted({g.split(".")[-1] for g in found}, key=PROJECTIONS.index)
+        family = family_of(main_model)
+        found, chosen = _peft_weights_by_site(weights, state, main_model, family.all_sites(main_model))
+        if config.get("fan_in_fan_out") and not all(site.fan_in_fan_out for site in chosen):
+            raise HypergenError(f"{config_file}: fan_in_fan_out=True is not supported for {type(main_model).__name__}'s"
+                                " nn.Linear projections (hypergen applies plain LoRA)")
+        choice = {"attention": sorted({s.attention for s in chosen if s.attention} or {"self"}, key=ATTENTIONS.index)}
+        if family.encoder_decoder:
+            choice["sides"] = sorted({s.source for s in chosen}, key=SIDES.index)
+        names = family.target_names(main_model)
+        targets = sorted({s.module for s in chosen}, key=names.index)
+        if tuple(targets) == family.default_lora_targets:
+            targets = None  # as a target written without targets (peft's defaults) describes itself
         try:
             target = cls(rank=rank, alpha=float(alpha), targets=targets, **choice)
         except ValueError as exc:
@@ -252,7 +261,8 @@ class LoraTarget(PEFTTarget):
             if set(pair) != {"A", "B"}:
                 raise HypergenError(f"{weights}: {name} lacks lora_{'B' if 'A' in pair else 'A'}.weight")
             a, b = pair["A"], pair["B"]
-            want_a, want_b = (rank, linear.in_features), (linear.out_features, rank)
+            d_in, d_out = site_widths(site, linear)
+            want_a, want_b = (rank, d_in), (d_out, rank)
             if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
                 raise HypergenError(f"{weights}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, but "
                                     f"the main model needs {want_a} and {want_b} (an adapter from another main model?)")
@@ -261,44 +271,31 @@ class LoraTarget(PEFTTarget):
         return target, {g: torch.stack(v)[None] for g, v in params.items()}
 
 
-def _peft_weights_by_site(weights: Path, state: dict[str, torch.Tensor]
-                          ) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
-    """peft's saved LoRA tensors of a T5 as {slot-group stem "side.attention.projection": {layer: {"A" or "B":
-    tensor}}}; a key that is not a LoRA weight of a T5 attention projection raises an error naming ``weights``."""
+def _peft_weights_by_site(weights: Path, state: dict[str, torch.Tensor], main_model: nn.Module,
+                          sites: list[tuple[LinearSite, nn.Module]]
+                          ) -> tuple[dict[str, dict[int, dict[str, torch.Tensor]]], list[LinearSite]]:
+    """peft's saved LoRA tensors as {slot-group stem: {layer: {"A" or "B": tensor}}}, and the sites they adapt; a
+    key that is not the LoRA weight of one of the main model's ``sites`` raises an error naming ``weights``."""
+    templates = {site.path_template: site for site, _ in reversed(sites)}  # each template's layer-0 site
+    layer_of = {t: re.compile(re.escape(t).replace(re.escape("{layer}"), r"(\d+)")) for t in templates}
     found: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    chosen: dict[str, LinearSite] = {}
     for key, tensor in state.items():
         match = _PEFT_KEY.fullmatch(key)
-        if not match:
-            raise HypergenError(f"{weights}: unexpected key {key!r}; expected peft LoRA keys of T5 attention "
-                                "projections (base_model.model.<side>.block.<i>.layer.<j>.<Attention>.<q|k|v|o>."
-                                "lora_<A|B>.weight)")
-        side, layer, index, name, projection, which = match.groups()
-        att, expected_index = _ATTENTION_OF[name]
-        if int(index) != expected_index:
-            raise HypergenError(f"{weights}: key {key!r} puts {name} at layer.{index}; T5 has it at "
-                                f"layer.{expected_index}")
-        found.setdefault(f"{side}.{att}.{projection}", {}).setdefault(int(layer), {})[which] = tensor
+        site = layer = None
+        for template, pattern in layer_of.items():
+            if match and (where := pattern.fullmatch(match.group(1))):
+                site, layer = templates[template], int(where.group(1))
+        if site is None:
+            example = f"{PEFT_PREFIX}{sites[0][0].path}.lora_A.weight" if sites else "(none)"
+            raise HypergenError(f"{weights}: unexpected key {key!r}; expected peft LoRA keys of "
+                                f"{type(main_model).__name__}'s projections (base_model.model.<module>.lora_<A|B>."
+                                f"weight, e.g. {example})")
+        found.setdefault(site.group, {}).setdefault(layer, {})[match.group(2)] = tensor
+        chosen[site.path_template] = site
     if not found:
         raise HypergenError(f"{weights}: holds no LoRA weights")
-    return found
-
-
-def _causal_peft_weights(weights: Path, state: dict[str, torch.Tensor]) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
-    """peft's saved LoRA tensors of a causal LM as {slot-group stem "layers.<projection>": {layer: {"A" or "B":
-    tensor}}}; a key that is not a LoRA weight of one of peft's projection names raises an error naming
-    ``weights``."""
-    found: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for key, tensor in state.items():
-        match = _CAUSAL_PEFT_KEY.fullmatch(key)
-        if not match or causal.LORA_PROJECTIONS.get(match.group(3)) != match.group(2):
-            raise HypergenError(f"{weights}: unexpected key {key!r}; expected peft LoRA keys of a causal LM's "
-                                "projections (base_model.model.model.layers.<i>.<self_attn|mlp>.<q_proj|...>."
-                                "lora_<A|B>.weight)")
-        layer, _, projection, which = match.groups()
-        found.setdefault(f"{causal.GROUP}.{projection}", {}).setdefault(int(layer), {})[which] = tensor
-    if not found:
-        raise HypergenError(f"{weights}: holds no LoRA weights")
-    return found
+    return found, list(chosen.values())
 
 
 def _ranges(values: list[int]) -> str:

@@ -5,7 +5,8 @@ values). Prefix keys get ZERO relative-position bias (T5) or no rotary embedding
 in the rotated key space, at no position) and are visible to every query (encoder and decoder alike); real tokens
 keep their T5 bias or rotary positions, their padding mask and, in a decoder, their causal mask. Cross-attention
 (``EncDecAttention``) never gets a prefix. Which modules exist, and the attention the prefix is prepended in, are
-the backbone family's (``prefix_sites``, ``PREFIX_ATTENTION`` in hypergen/models/backbones/).
+the main model's family's (``prefix_sites``, ``attention`` in hypergen/models/families/: Gemma 3's scaled,
+soft-capped attention over its sliding-window masks; GPT-2's after its fused ``c_attn``).
 
 Mechanism: :meth:`PrefixTarget.prepare` registers the attention function :func:`prefix_attention_forward` under
 the name ``"hypergen_prefix"`` (with T5's eager float mask) and switches the model to it; without a prefix (none
@@ -42,7 +43,7 @@ from transformers.utils.output_capturing import _active_collector
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
-from ...models.backbones import family
+from ...models.families import family_of
 from ...registry import registry
 from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
 
@@ -123,7 +124,7 @@ def prefix_attention_forward(
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = _extend_mask(attention_mask, 0, query.dtype)
     if (has_prefix and getattr(module, _KERNEL, "eager") == "sdpa" and key.shape[1] == query.shape[1]
-            and not _weights_requested(kwargs)):  # one SDPA call with one additive mask (bias + mask, 0 on prefix)
+            and kwargs.get("softcap") is None and not _weights_requested(kwargs)):  # soft-capped scores: eager  # one SDPA call with one additive mask (bias + mask, 0 on prefix)
         additive = position_bias if attention_mask is None else (
             attention_mask if position_bias is None else position_bias + attention_mask)
         scale = query.size(-1) ** -0.5 if scaling is None else scaling
@@ -172,7 +173,7 @@ class PrefixTarget(PEFTTarget):
 
     def sites(self, main_model: nn.Module) -> list[tuple[str, int, nn.Module, int, int]]:
         """(group, layer, attention module, heads, head width) of every prefixed layer (the family's answer)."""
-        return family(main_model).prefix_sites(main_model, self.encoder, self.decoder)
+        return family_of(main_model).prefix_sites(main_model, self.encoder, self.decoder)
 
     def slot_groups(self, main_model: nn.Module) -> list[SlotGroup]:
         layers: dict[str, int] = {}
@@ -190,9 +191,9 @@ class PrefixTarget(PEFTTarget):
         _register_attention()
         if main_model.config._attn_implementation != ATTN_IMPLEMENTATION:
             main_model.set_attn_implementation(ATTN_IMPLEMENTATION)  # also reaches the encoder/decoder configs
-        models_family = family(main_model)
+        models_family = family_of(main_model)
         for attention in models_family.attention_modules(main_model):  # cross-attention too: it runs the function
-            setattr(attention, _ATTENTION, models_family.PREFIX_ATTENTION)
+            setattr(attention, _ATTENTION, models_family.attention)
         for group, i, attention, _, _ in self.sites(main_model):
             if attention.config._attn_implementation != ATTN_IMPLEMENTATION:
                 raise RuntimeError(f"{group} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")
@@ -234,7 +235,7 @@ class PrefixTarget(PEFTTarget):
         atomic_save_tensors(Path(folder) / PREFIX_WEIGHTS, {g: params[g].detach().float() for g in groups})
         config = main_model.config
         return {"hypergen_adapter": "prefix", "length": self.length, "encoder": self.encoder, "decoder": self.decoder,
-                **{key: getattr(config, key) for key in family(main_model).PREFIX_MODEL_FIELDS},
+                **{key: getattr(config, key) for key in family_of(main_model).prefix_fields},
                 "base_model_name_or_path": base_model_name_or_path, "fusion_in_decoder": fusion_in_decoder}
 
     @classmethod
@@ -244,7 +245,7 @@ class PrefixTarget(PEFTTarget):
         present. A config or tensor that does not fit ``main_model`` raises an error naming the file."""
         config_file, weights = Path(folder) / ADAPTER_CONFIG, Path(folder) / PREFIX_WEIGHTS
         model_config = main_model.config
-        for key in family(main_model).PREFIX_MODEL_FIELDS:
+        for key in family_of(main_model).prefix_fields:
             if key not in config:
                 raise HypergenError(f"{config_file}: field {key!r} is missing")
             if config[key] != getattr(model_config, key):

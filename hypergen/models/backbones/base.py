@@ -115,14 +115,26 @@ class Backbone(abc.ABC):
 
 @dataclass(frozen=True)
 class LinearSite:
-    """One projection (an ``nn.Linear``) of the main model a LoRA can adapt: ``group`` names its slot groups'
-    stem (T5 "encoder.self.q", a causal LM "layers.q_proj"), ``source`` its group of layers, ``layer`` its layer
-    index, ``path_template`` its dotted module name with ``{layer}`` for the layer index."""
+    """One projection of the main model a LoRA can adapt: ``group`` names its slot groups' stem (T5
+    "encoder.self.q", a causal LM "layers.q_proj"), ``source`` its group of layers, ``layer`` its layer index,
+    ``path_template`` its dotted module name with ``{layer}`` for the layer index. What a target may ask for:
+    ``module`` (peft's name of it, e.g. "q_proj", "c_attn"), ``roles`` (what it computes: "attn.q", "attn.k",
+    "attn.v", "attn.o", "mlp.in", "mlp.out"; a fused projection has several), ``attention`` ("self", "cross"; None
+    for an MLP). ``fan_in_fan_out``: a Conv1D whose weight is d_in x d_out (GPT-2), not an nn.Linear."""
 
     group: str
     source: str
     layer: int
     path_template: str
+    module: str = ""
+    roles: tuple[str, ...] = ()
+    attention: str | None = "self"
+    fan_in_fan_out: bool = False
+
+    @property
+    def fused(self) -> bool:
+        """Whether this one projection computes several roles (GPT-2's ``c_attn``: q, k and v)."""
+        return len(self.roles) > 1
 
     @property
     def path(self) -> str:

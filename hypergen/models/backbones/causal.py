@@ -1,4 +1,5 @@
-"""The causal-LM backbone (Llama, Qwen2, Mistral, ...): the hypernetwork is the main model's first k layers plus
+"""The causal-LM backbone (Llama, Qwen2, Mistral, Gemma 3, GPT-2; their families in hypergen/models/families/
+declare the rest): the hypernetwork is the main model's first k layers plus
 its final norm, reading one causal sequence.
 
     encode(demos)   run the demos through the k layers; keep each layer's keys/values (the demo cache)
@@ -21,101 +22,43 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutput
-from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from ..few_rows import use_few_rows_linears
-from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
+from .base import Backbone, Context, MainModelShape, additive_mask, copy_config_as_eager
 
 GROUP = "layers"
 
 
-def causal_layers(main_model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (``model.layers`` of Llama, Qwen2, Mistral, Gemma)."""
-    layers = getattr(main_model.base_model, "layers", None)
+def causal_layers(main_model: nn.Module, attribute: str = "layers") -> nn.ModuleList:
+    """The decoder layers of a causal LM: ``base_model.layers`` (Llama, Qwen2, Mistral, Gemma 3) or another
+    ``attribute`` of its base model (GPT-2: ``h``)."""
+    layers = getattr(main_model.base_model, attribute, None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"main_model: {type(main_model).__name__} has no base_model.layers; supported causal LMs "
-                         "are Llama-style (Llama, Qwen2, Mistral, Gemma)")
+        raise ValueError(f"main_model: {type(main_model).__name__} has no base_model.{attribute}")
     return layers
 
 
-LORA_PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-                    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}  # peft's names -> parent module
-BASELINE_LORA_TARGETS = ("q_proj", "v_proj")  # what the per-task LoRA baseline adapts, as a peft user would
-PEFT_TASK_TYPE = "CAUSAL_LM"
-
-
-def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[LinearSite, nn.Linear]]:
-    """The ``targets`` projections (peft's names, e.g. q_proj, v_proj, gate_proj) of every layer, grouped by
-    projection, then layer. A causal LM has one group of layers, so ``sides`` does not apply; it has no
-    cross-attention, so ``attention`` may only hold "self"."""
-    if any(att != "self" for att in attention):
-        raise ValueError(f"attention: {list(attention)}: a causal LM has only self-attention; use ['self']")
-    unknown = [t for t in targets if t not in LORA_PROJECTIONS]
-    if unknown:
-        raise ValueError(f"targets: {unknown} are not projections of {type(main_model).__name__}; allowed: "
-                         f"{', '.join(LORA_PROJECTIONS)}")
-    layers, prefix = causal_layers(main_model), main_model.base_model_prefix
-    sites = []
-    for projection in targets:
-        parent = LORA_PROJECTIONS[projection]
-        template = f"{prefix}.layers.{{layer}}.{parent}.{projection}"
-        for layer, block in enumerate(layers):
-            sites.append((LinearSite(f"{GROUP}.{projection}", GROUP, layer, template),
-                          getattr(getattr(block, parent), projection)))
-    return sites
-
-
-PREFIX_MODEL_FIELDS = ("num_hidden_layers", "num_key_value_heads", "head_dim", "hidden_size")
-PREFIX_ATTENTION = eager_attention_forward  # Llama's eager attention (grouped-query heads repeated), shared by Qwen2
-
-
-def attention_modules(main_model: nn.Module) -> list[nn.Module]:
-    """Every attention module of the main model: what its attention function runs in."""
-    return [layer.self_attn for layer in causal_layers(main_model)]
-
-
-def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tuple[str, int, nn.Module, int, int]]:
-    """(group, layer, ``self_attn`` module, key/value heads, head width) of every layer when ``decoder`` is on (a
-    causal LM's layers are decoder layers; ``encoder`` does not apply). Prefix keys are generated after rotary
-    embedding: they are not rotated, so they are visible to every query at no position."""
-    if not decoder:
-        return []
-    return [(GROUP, i, layer.self_attn, main_model.config.num_key_value_heads, layer.self_attn.head_dim)
-            for i, layer in enumerate(causal_layers(main_model))]
-
-
-def describe_main(config) -> dict:
-    """The main model's shape as ``hypergen bench`` reports it."""
-    return {"architecture": config.model_type, "d_model": config.hidden_size, "d_kv": config.head_dim,
-            "d_ff": config.intermediate_size, "num_heads": config.num_attention_heads,
-            "num_key_value_heads": config.num_key_value_heads, "num_layers": config.num_hidden_layers,
-            "layers": str(config.num_hidden_layers), "vocab_size": config.vocab_size}
-
-
-def main_layers(main_model: nn.Module) -> list[nn.Module]:
-    """The main model's decoder layers (what activation recompute wraps)."""
-    return list(causal_layers(main_model))
-
-
-def main_shape(main_model: nn.Module) -> MainModelShape:
-    return MainModelShape.of(**{GROUP: len(causal_layers(main_model))})
+def main_shape(main_model: nn.Module, attribute: str = "layers") -> MainModelShape:
+    return MainModelShape.of(**{GROUP: len(causal_layers(main_model, attribute))})
 
 
 class CausalBackbone(Backbone):
-    """A copy of the main model's embeddings, first ``decoder_layers`` layers and final norm (``modules``:
-    "decoder"), initialised from the main model's weights unless ``init_from_main`` is false."""
+    """A copy of the main model's embeddings (GPT-2: and learned positions), first ``decoder_layers`` layers (its
+    base model's ``attribute``) and final norm (``modules``: "decoder"), initialised from the main model's weights
+    unless ``init_from_main`` is false."""
 
     supports_fusion = False
 
-    def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True) -> None:
-        layers = causal_layers(main_model)
+    def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True,
+                 attribute: str = "layers") -> None:
+        layers = causal_layers(main_model, attribute)
         if decoder_layers > len(layers):
             raise ValueError(f"hypernetwork.decoder_layers: {decoder_layers} exceeds the main model's "
                              f"{len(layers)} layers")
-        self.shape = main_shape(main_model)
+        self.shape = main_shape(main_model, attribute)
         self.d_model = main_model.config.hidden_size
         decoder = copy.deepcopy(main_model.base_model)
-        decoder.layers = nn.ModuleList(list(decoder.layers)[:decoder_layers])
+        setattr(decoder, attribute, nn.ModuleList(list(getattr(decoder, attribute))[:decoder_layers]))
         copy_config_as_eager(decoder)
         decoder.config.num_hidden_layers = decoder_layers
         if getattr(decoder.config, "layer_types", None):
@@ -164,9 +107,6 @@ class CausalBackbone(Backbone):
                            use_cache=True, output_attentions=output_attentions)
         attentions = out.attentions[-1] if output_attentions and out.attentions else None
         return out.last_hidden_state, attentions
-
-
-BACKBONE = CausalBackbone  # what hypergen.models.backbones.make_backbone builds for this family
 
 
 # ------------------------------------------------------------------------------------- the frozen main model side

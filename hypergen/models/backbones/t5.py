@@ -3,6 +3,7 @@
     encode(demos)   e = Enc_hyper(demos)                      T x n_d x d_h
     decode(inputs)  H_dec(inputs; e): the decoder layers over ``inputs``, cross-attending to e
 
+Which projections, attention modules and config fields a T5 has is its family's (hypergen/models/families/t5.py).
 Groups: "encoder" and "decoder" (HART: 2 tokens per step; HyperTuning: 2p tokens). The main model side
 (:func:`main_forward`, :func:`main_generate`) runs the frozen T5 with fusion-in-decoder (appendix 6.1.3): the main
 decoder cross-attends to [e ; Enc_main(x)].
@@ -17,70 +18,9 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.t5.modeling_t5 import eager_attention_forward
 
 from ..few_rows import use_few_rows_linears
-from .base import Backbone, Context, LinearSite, MainModelShape, additive_mask, copy_config_as_eager
-
-
-LORA_PROJECTIONS = ("q", "k", "v", "o")
-LORA_ATTENTIONS = {"self": (0, "SelfAttention"), "cross": (1, "EncDecAttention")}  # layer index in a block, name
-LORA_SIDES = ("encoder", "decoder")
-BASELINE_LORA_TARGETS = ("q", "v")  # what the per-task LoRA baseline adapts, as a peft user would
-PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
-
-
-def lora_sites(main_model: nn.Module, targets, attention, sides) -> list[tuple[LinearSite, nn.Linear]]:
-    """The ``targets`` projections (q, k, v, o) of the ``attention`` modules ("self", "cross": decoder only) of
-    each side in ``sides``, grouped by side, attention, projection, then layer."""
-    unknown = [t for t in targets if t not in LORA_PROJECTIONS]
-    if unknown:
-        raise ValueError(f"targets: {unknown} are not projections of {type(main_model).__name__}; allowed: "
-                         f"{', '.join(LORA_PROJECTIONS)}")
-    sites = []
-    for side in sides:
-        stack = getattr(main_model, side, None)
-        for att in attention:
-            if stack is None or (side == "encoder" and att == "cross"):
-                continue
-            index, name = LORA_ATTENTIONS[att]
-            for projection in targets:
-                template = f"{side}.block.{{layer}}.layer.{index}.{name}.{projection}"
-                for layer, block in enumerate(stack.block):
-                    sites.append((LinearSite(f"{side}.{att}.{projection}", side, layer, template),
-                                  getattr(getattr(block.layer[index], name), projection)))
-    return sites
-
-
-PREFIX_MODEL_FIELDS = ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model")  # a prefix must match
-PREFIX_ATTENTION = eager_attention_forward  # what the prefix attention calls once the prefix is prepended
-
-
-def attention_modules(main_model: nn.Module) -> list[nn.Module]:
-    """Every attention module (self- and cross-attention) of the main model: what its attention function runs in."""
-    return [layer for stack in (main_model.encoder, main_model.decoder) for block in stack.block
-            for layer in (block.layer[0].SelfAttention, getattr(block.layer[1], "EncDecAttention", None)) if layer]
-
-
-def prefix_sites(main_model: nn.Module, encoder: bool, decoder: bool) -> list[tuple[str, int, nn.Module, int, int]]:
-    """(side, layer, ``SelfAttention`` module, heads, head width) of every self-attention layer of the chosen sides
-    (cross-attention never gets a prefix)."""
-    sites = []
-    for side, on in (("encoder", encoder), ("decoder", decoder)):
-        stack = getattr(main_model, side, None)
-        if on and stack is not None:
-            for i, block in enumerate(stack.block):
-                attention = block.layer[0].SelfAttention
-                sites.append((side, i, attention, attention.n_heads, attention.key_value_proj_dim))
-    return sites
-
-
-def describe_main(config) -> dict:
-    """The main model's shape as ``hypergen bench`` reports it."""
-    return {"architecture": "t5", "d_model": config.d_model, "d_kv": config.d_kv, "d_ff": config.d_ff,
-            "num_heads": config.num_heads, "num_layers": config.num_layers,
-            "num_decoder_layers": config.num_decoder_layers, "layers": f"{config.num_layers}+{config.num_decoder_layers}",
-            "vocab_size": config.vocab_size, "feed_forward_proj": config.feed_forward_proj}
+from .base import Backbone, Context, MainModelShape, additive_mask, copy_config_as_eager
 
 
 def main_layers(main_model: nn.Module) -> list[nn.Module]:
@@ -186,9 +126,6 @@ def _self_attention_weights(block, hidden, self_mask, position_bias, cache) -> t
     if self_mask is not None:
         scores = scores + self_mask
     return scores.softmax(-1)
-
-
-BACKBONE = T5Backbone  # what hypergen.models.backbones.make_backbone builds for this family
 
 
 # ------------------------------------------------------------------------------------- the frozen main model side
