@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HypergenError, RecipeError
-from .recipe_checks import MAX_DEPTH, Strict, check_plain_json, format_validation_error  # noqa: F401 - re-exported
+from .recipe_checks import MAX_DEPTH, Strict, check_plain_json, format_validation_error, tiny_architecture  # noqa: F401
 from .recipe_pretrain import Pretrain
 from .io import read_json
 
@@ -34,11 +34,11 @@ class ComponentSpec(BaseModel):
 
 class TinyT5(Strict):
     """A tiny main model built from a config with random weights and the file-less ByT5 tokenizer (byte level):
-    a T5 (``architecture`` "t5", the default) or a causal LM ("llama", "qwen2"), which reads ``d_model`` as its
-    hidden size, ``d_kv`` as its head width, ``d_ff`` as its MLP width and ``num_layers`` as its layer count
+    a T5 (``architecture`` "t5", the default) or a causal LM (a family's: llama, qwen2, mistral, gemma3, gpt2), reading
+    ``d_model`` as its hidden size, ``d_kv`` as its head width, ``d_ff`` as its MLP width, ``num_layers`` its layers
     (``num_decoder_layers``, ``feed_forward_proj`` are T5's)."""
 
-    architecture: Literal["t5", "llama", "qwen2"] = "t5"
+    architecture: Annotated[str, AfterValidator(tiny_architecture)] = "t5"
 
     d_model: int = Field(128, gt=0)
     d_kv: int = Field(32, gt=0)

@@ -54,3 +54,13 @@ def check_plain_json(data: Any, where: str) -> None:
             stack.extend((value, (*path, str(key))) for key, value in node.items())
         elif isinstance(node, (list, tuple)):
             stack.extend((value, (*path, str(i))) for i, value in enumerate(node))
+
+
+def tiny_architecture(value: str) -> str:
+    """``main_model.tiny.architecture``: the name of a registered family's tiny builder (t5, llama, qwen2, mistral,
+    gemma3, gpt2, or a plugin's)."""
+    from .models.families import tiny_names
+
+    if value not in tiny_names():
+        raise ValueError(f"unknown architecture {value!r}; known: {', '.join(tiny_names())}")
+    return value
