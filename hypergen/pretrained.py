@@ -10,7 +10,7 @@ A saved folder (``format_version`` 1)::
 
     FOLDER/hypergen_config.json       {"format": "hypergen.hypernetwork", "format_version": 1, "hypergen_version",
                                        "method", "peft", "main_model": {"name_or_path": hub id or "main_model"
-                                       (the copy in the folder), "copied": bool, "shape": {num_layers, ...}},
+                                       (the copy in the folder), "copied": bool, "shape": {the family's fields}},
                                        "evaluation": held-out scores, demos control and gap (see model_card.py)}
     FOLDER/recipe.json                the resolved recipe the run was trained with
     FOLDER/hypernetwork.safetensors   the hypernetwork's weights
@@ -49,11 +49,14 @@ TOKENIZER_DIR = "tokenizer"
 # hypergen_config.json marks a saved folder; overwrite=True replaces only these entries, nothing else in the folder
 SAVED_FOLDER = FolderKind("saved hypernetwork", CONFIG, frozenset({CONFIG, WEIGHTS, "recipe.json", "README.md",
                                                                   MAIN_MODEL_DIR, TOKENIZER_DIR}))
-SHAPE_FIELDS = ("num_layers", "num_decoder_layers", "d_model", "num_heads", "d_kv", "vocab_size")
 
 
 def main_model_shape(config) -> dict[str, int]:
-    return {key: getattr(config, key, None) for key in SHAPE_FIELDS}
+    """The config fields a saved hypernetwork checks its main model by: its family's ``shape_fields`` (T5: layers,
+    widths, heads; a Llama: num_hidden_layers, num_key_value_heads, head_dim, hidden_size; all: vocab_size)."""
+    from .models.families import family_of
+
+    return family_of(config).config_shape(config)
 
 
 class PretrainedHyperNetwork:
