@@ -12,7 +12,9 @@ folder beside the target, then renamed)::
                                    class that loads the folder (plugins' targets resolve through entry points);
                                    "hypergen_adapter": its format ("lora", "prefix"); the run's settings for
                                    prediction (fusion_in_decoder, max_input_length, max_new_tokens, num_beams,
-                                   dtype, demo_style: which prompt a causal LM's queries are written in) and where the adapter came from (run, task, demos_sha256, peft)
+                                   dtype, demo_style and prompt: which prompt a causal LM's queries are written
+                                   in, "plain" or "chat", data.prompt as the run resolved it) and where the
+                                   adapter came from (run, task, demos_sha256, peft)
     FOLDER/fusion.safetensors      ("states": n_d x d_h, "mask": n_d) the hypernetwork encoder's output for the
                                    demos, when the run used fusion-in-decoder (the main decoder cross-attends to
                                    it). peft knows nothing of it, so peft alone reproduces only the LoRA part of
@@ -50,7 +52,9 @@ FUSION_WEIGHTS = "fusion.safetensors"
 SETTINGS = "hypergen_adapter.json"
 BASE_MODEL_DIR = "base_model"
 DEFAULT_SETTINGS = {"fusion_in_decoder": False, "max_input_length": 512, "max_new_tokens": 128, "num_beams": 1,
-                    "dtype": "float32", "demo_style": "sni"}  # demo_style: a causal LM's prompt (CAUSAL_PROMPT)
+                    "dtype": "float32", "demo_style": "sni", "prompt": "plain"}
+# demo_style, prompt: a causal LM's prompt (CAUSAL_PROMPT or the chat template); an adapter written before prompt
+# existed was trained plain
 
 # What `hypergen adapt` writes (hypergen_adapter.json, written by it alone, marks the folder): --overwrite deletes
 # only these (the built-in targets' files among them); files a plugin target writes under other names are left in
@@ -263,6 +267,7 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
         name = recipe.main_model.name_or_path
         base = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
     settings = {"max_input_length": recipe.data.max_input_length, "demo_style": recipe.data.demo_style,
+                "prompt": getattr(assembled.collator, "prompt", "plain"),
                 "max_new_tokens": recipe.evaluation.max_new_tokens, "num_beams": recipe.evaluation.num_beams,
                 "dtype": recipe.main_model.dtype, "run": str(Path(run_dir).resolve()) if run_dir else None,
                 "task": task.name, "demos_sha256": demos_digest(text), "peft": recipe.peft.model_dump()}

@@ -135,7 +135,13 @@ def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) ->
 
 
 @main.command("eval")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A trained run folder.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A trained run folder.")
+@click.option("--recipe", help="With --frozen: a recipe (file or built-in name) whose main model alone is scored.")
+@click.option("--frozen", metavar="MODE", help="Score the main model alone, no hypernetwork: zero_shot (the query), "
+              "instruction (definition + query) or in_context (definition + 2 positive examples + query), into "
+              "--output (default runs/frozen-<recipe>-<mode>, or beside the --run).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="With --frozen: the folder written.")
+@_set_option
 @click.option("--data", type=click.Path(), help="Task folder to evaluate on (default: the recipe's).")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), help="File listing the test task names.")
 @click.option("--max-instances", type=click.IntRange(min=1), help="Instances per task (default: the recipe's).")
@@ -145,17 +151,57 @@ def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) ->
 @click.option("--other-demos", is_flag=True, help="The same as --control other.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_code_option
-def eval_command(run_dir, data, split_file, max_instances, control, other_demos, quiet) -> None:
-    """Generate each task's parameters once from its demos, decode greedily, print and write ROUGE-L and EM."""
+def eval_command(run_dir, recipe, frozen, output, overrides, data, split_file, max_instances, control, other_demos,
+                 quiet) -> None:
+    """Generate each task's parameters once from its demos, decode greedily, print and write ROUGE-L and EM; with
+    --frozen, the same for the main model alone (hypergen eval --recipe RECIPE --frozen MODE)."""
     from .data.controls import control_dir
     from .pipeline import check_control, evaluate_run, format_scores
 
+    if (run_dir is None) == (recipe is None):
+        raise HypergenError("--run, --recipe: give exactly one (a trained run, or with --frozen a recipe)")
+    if frozen is not None or recipe is not None:
+        _eval_frozen(run_dir, recipe, frozen, output, overrides, data, split_file, max_instances,
+                     control or other_demos, quiet)
+        return
+    for name, value in (("--output", output), ("--set", overrides)):
+        if value:
+            raise HypergenError(f"{name}: only with --frozen (a run's scores go to RUN/eval/)")
     control = check_control(control, other_demos)
     if not Path(run_dir).is_dir():
         raise HypergenError(f"--run: {run_dir} does not exist")
     scores = evaluate_run(run_dir, data, split_file, max_instances, progress=not quiet, control=control)
     click.echo(format_scores(scores))
     click.echo(f"scores written to {Path(run_dir) / (control_dir(control) if control else 'eval') / 'scores.json'}")
+
+
+def _eval_frozen(run_dir, recipe, mode, output, overrides, data, split_file, max_instances, control, quiet) -> None:
+    """``hypergen eval --frozen MODE`` (with --recipe or --run): see :mod:`hypergen.evaluation.frozen`."""
+    from .builtin_recipes import resolve_recipe
+    from .evaluation.frozen import check_mode, default_output, evaluate_frozen
+    from .pipeline import errors_name_the_recipe, format_scores
+    from .recipe import load_recipe
+    from .runs import read_run
+
+    if mode is None:
+        raise HypergenError("--frozen: required with --recipe (zero_shot, instruction or in_context)")
+    check_mode(mode)
+    if control:
+        raise HypergenError("--control: scores a run's use of its demos; it does not apply to --frozen")
+    if run_dir is not None:
+        if overrides:
+            raise HypergenError("--set: only with --recipe (a run's recipe is the one it was trained with)")
+        if not Path(run_dir).is_dir():
+            raise HypergenError(f"--run: {run_dir} does not exist")
+        where, loaded, source = run_dir, read_run(Path(run_dir)), {"run": str(Path(run_dir).resolve())}
+    else:
+        where = resolve_recipe(recipe)
+        loaded, source = load_recipe(where, list(overrides)), {"recipe": str(Path(where).resolve())}
+    out = Path(output) if output else default_output(mode, where if run_dir is None else None, run_dir)
+    with errors_name_the_recipe(where):
+        scores = evaluate_frozen(loaded, mode, out, source, data, split_file, max_instances, progress=not quiet)
+    click.echo(format_scores(scores))
+    click.echo(f"scores written to {out / 'eval' / 'scores.json'}")
 
 
 @main.command()

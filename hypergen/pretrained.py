@@ -150,6 +150,7 @@ class PretrainedHyperNetwork:
 
         from .models.main import check_model_available, resolve_main_model_path
         from .recipe import parse_recipe
+        from .runs import legacy_prompt
 
         config_file = folder / CONFIG
         config = read_json_object(config_file)
@@ -159,7 +160,7 @@ class PretrainedHyperNetwork:
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise HypergenError(f"{config_file}: format_version {version!r}; this hypergen ({__version__}) reads "
                                 f"format versions 1..{FORMAT_VERSION} (written by a newer hypergen?)")
-        recipe = parse_recipe(read_json_object(folder / "recipe.json"), str(folder / "recipe.json"))
+        recipe = parse_recipe(legacy_prompt(read_json_object(folder / "recipe.json")), str(folder / "recipe.json"))
         stored = config.get("main_model", {})
         name = main_model or (str(folder / MAIN_MODEL_DIR) if stored.get("copied") else stored.get("name_or_path"))
         if not name:

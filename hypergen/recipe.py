@@ -112,6 +112,10 @@ class Data(Strict):
         False, description="hypernetwork recipes: put each task's demos before every query in the main model's "
         "input too, in training and evaluation, as FT-Few-Shot formats them (with the learned_states generator: "
         "Prefix-Tuning / LoRA on FT-Few-Shot); finetune recipes set few_shot instead")
+    prompt: Literal["auto", "chat", "plain"] = Field("auto", description="a causal main model's prompt; chat: the "
+        "query (after the demos if in the input) as a user turn of the tokenizer's chat template, the answer its reply "
+        "closed by the end-of-turn token; plain: the demo style's Input:/Output: text (base models, T5); auto: chat "
+        "when the model is causal and its tokenizer has a chat template, else plain")
 
     @field_validator("validation_tasks")
     @classmethod

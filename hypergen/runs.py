@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .components.build import make_component
+from .data.chat import stop_at_end_of_turn
 from .data.collate import Collator
 from .data.controls import CONTROLS, LEGACY_OTHER_DEMOS_DIR, control_dir
 from .data.pretraining import PretrainCollator
@@ -143,6 +144,7 @@ def assemble(recipe: Recipe, device: torch.device | None = None) -> Assembled:
         method = build_hypernet_method(recipe, main_model, device)
     collator = (PretrainCollator(tokenizer) if isinstance(recipe, PretrainRecipe)
                 else Collator(tokenizer, recipe.data, causal=is_causal(main_model)))
+    stop_at_end_of_turn(main_model, collator)  # a chat prompt's answers end with the template's end-of-turn token
     return Assembled(recipe, method, tokenizer, collator, device)
 
 
@@ -263,7 +265,15 @@ def read_run(run_dir: Path) -> Recipe:
     recipe_file = Path(run_dir) / "recipe.json"
     if not recipe_file.is_file():
         raise HypergenError(f"{run_dir}: not a run folder (no recipe.json)")
-    return parse_recipe(read_json(recipe_file, "run recipe"), str(recipe_file))
+    return parse_recipe(legacy_prompt(read_json(recipe_file, "run recipe")), str(recipe_file))
+
+
+def legacy_prompt(data: Any) -> Any:
+    """A run's saved recipe (``recipe.json``, every field resolved) written before ``data.prompt`` existed: its
+    main model read plain prompts, so it still does (where "auto" would now pick a chat template)."""
+    if isinstance(data, dict) and isinstance(data.get("data"), dict) and "prompt" not in data["data"]:
+        return {**data, "data": {**data["data"], "prompt": "plain"}}
+    return data
 
 
 def save_final(run_dir: Path, assembled: Assembled) -> None:

@@ -8,6 +8,13 @@ target. A causal LM (``causal=True``) continues one sequence, so the special tok
 tokenizer's own post-processing: ``[BOS] query-prompt`` then ``answer [EOS]``, where the query prompt is the demo
 style's :data:`~.format.CAUSAL_PROMPT` (so that a query reads like an answered demo), BOS only where the tokenizer
 has one (never twice), and the demos the hypernetwork reads are ``[BOS] demos``. Everything is right-padded.
+
+With a chat prompt (``data.prompt``, :mod:`.chat`: "chat", or "auto" for a tokenizer with a chat template) the
+causal LM reads one user turn of the tokenizer's chat template instead, holding what it reads before answering
+(the demos and separator when they are in the input, then the query as :data:`~.format.CHAT_QUERY` writes it),
+with the template's generation prompt and no BOS added by hand; the answer is ``answer [end-of-turn]``. The
+hypernetwork still reads ``[BOS] demos``: a document to encode, not a turn to answer (a template would spend its
+system prompt's tokens of every demos budget on nothing the task says).
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import HypergenError
+from .chat import ChatPrompt, resolve_prompt
 from .controls import DemoControl
-from .format import CAUSAL_PROMPT, DEMOS_QUERY_SEPARATOR, demos_text, query_text
+from .format import CAUSAL_PROMPT, CHAT_QUERY, DEMOS_QUERY_SEPARATOR, demos_text, query_text
 from .tasks import Example, Task
 
 
@@ -55,11 +63,15 @@ class Collator:
         self.control = control
         self._demo_cache: dict[tuple, str] = {}
         self._separator = self._ids(DEMOS_QUERY_SEPARATOR[data_cfg.demo_style])
+        # "chat" or "plain": data.prompt resolved for this tokenizer (getattr: a Data built by model_construct)
+        self.prompt = resolve_prompt(getattr(data_cfg, "prompt", None) or "auto", tokenizer, causal)
+        self._chat = ChatPrompt(tokenizer) if self.prompt == "chat" else None
+        self.end_of_turn = self._chat.end_of_turn if self._chat else tokenizer.eos_token_id  # closes a causal answer
         if causal:
             head, tail = CAUSAL_PROMPT[data_cfg.demo_style].split("{input}")
             self._prompt = (self._ids(head), self._ids(tail))
             self._bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-            if tokenizer.eos_token_id is None:
+            if self.end_of_turn is None:
                 raise HypergenError(f"main_model: the tokenizer {type(tokenizer).__name__} has no eos token; a causal "
                                  "LM's targets end with one")
 
@@ -106,6 +118,9 @@ class Collator:
         in Tk-Instruct), then ``DEMOS_QUERY_SEPARATOR`` of the demo style, then the query (a causal LM's row
         starts with BOS, see the module docstring). Under a demos control, the demos tokens are random ones
         (``random``), or the query comes alone (``none``)."""
+        if self._chat is not None:
+            return dict(zip(("input_ids", "attention_mask"), right_padded(
+                [self._chat_row(demos, query) for demos, query in inputs], self.tokenizer.pad_token_id)))
         rows = []
         for demos, query in inputs:
             ids = self.query_ids(query)
@@ -119,14 +134,35 @@ class Collator:
         ids, mask = right_padded(rows, self.tokenizer.pad_token_id)
         return {"input_ids": ids, "attention_mask": mask}
 
+    def _chat_row(self, demos: str | None, query: str) -> list[int]:
+        """One chat-prompt input: the user turn holding [demos + separator +] the query (see the module docstring),
+        cut as :meth:`encode_inputs` cuts a plain one (the cut pieces decoded back to text, the turn then
+        tokenized as one text, as ``apply_chat_template`` tokenizes it)."""
+        query_ids = self._ids(query)
+        if len(query_ids) > self.cfg.max_input_length:
+            query = self.tokenizer.decode(query_ids[: self.cfg.max_input_length])
+        head, tail = CHAT_QUERY[self.cfg.demo_style].split("{input}")
+        content = head + query + tail
+        ids = self._chat.ids(content)
+        if demos is None or (self.control and self.control.drops_demos):
+            return ids
+        budget = max(self.cfg.max_demo_length + self.cfg.max_input_length - len(ids) - len(self._separator), 0)
+        demo_ids = self._ids(demos)
+        if self.control is not None:  # random tokens, written as text in the turn
+            demos = self.tokenizer.decode(self.control.replace_ids(demo_ids[:budget], demos))
+        elif len(demo_ids) > budget:
+            demos = self.tokenizer.decode(demo_ids[:budget])
+        return self._chat.ids(demos + DEMOS_QUERY_SEPARATOR[self.cfg.demo_style] + content)
+
     def encode_targets(self, targets: list[str]) -> torch.Tensor:
         """``labels`` (B x n_y, padding -100) of the target texts: their first ``max_target_length`` tokens with
-        the tokenizer's special tokens (T5), or for a causal LM the answer's tokens then EOS (kept when cut)."""
+        the tokenizer's special tokens (T5), or for a causal LM the answer's tokens then EOS (a chat prompt: the
+        template's end-of-turn token), kept when cut."""
         if not self.causal:
             lab = self._encode(targets, self.cfg.max_target_length)
             return lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
         keep = self.cfg.max_target_length - 1
-        rows = [self._ids(text)[:keep] + [self.tokenizer.eos_token_id] for text in targets]
+        rows = [self._ids(text)[:keep] + [self.end_of_turn] for text in targets]
         return right_padded(rows, -100)[0]
 
     def _encode(self, texts: list[str], max_length: int):

@@ -59,6 +59,11 @@ DEMOS_QUERY_SEPARATOR = {"sni": "Now complete the following example -\n", "compa
 # an input, up to where they write its output (a T5 encodes the query alone and decodes the answer)
 CAUSAL_PROMPT = {"sni": "Input: {input}\nOutput: ", "compact": "{input}>", "shots": "{input}\n"}
 
+# what a chat prompt (data.prompt, hypergen/data/chat.py) writes of the query in the user's turn, after the demos
+# when they are there: the query as the demos write an input, up to where they write its output (the reply is the
+# assistant's turn, so no trailing space or newline)
+CHAT_QUERY = {"sni": "Input: {input}\nOutput:", "compact": "{input}>", "shots": "{input}"}
+
 
 def query_text(example: Example, template: str = "{input}") -> str:
     """The text the frozen model reads for one instance: ``template`` with ``{input}`` filled in."""

@@ -18,10 +18,11 @@ def predict(adapter: Adapter, main_model: nn.Module, tokenizer, inputs: list[str
             max_new_tokens: int | None = None, num_beams: int | None = None, max_input_length: int | None = None,
             progress: bool = True) -> list[str]:
     """Decode every input with the adapter applied, in batches (the same tokenization as evaluation: the run's
-    collator, for a causal LM its prompt of the run's demo style). Unset options come from the adapter's settings
-    (the run's evaluation settings)."""
+    collator, for a causal LM the run's prompt, its demo style's or the chat template). Unset options come from the
+    adapter's settings (the run's evaluation and prompt settings)."""
     from tqdm.auto import tqdm
 
+    from ..data.chat import stop_at_end_of_turn
     from ..data.collate import Collator
     from ..models.backbones import is_causal
     from ..recipe import Data
@@ -31,8 +32,10 @@ def predict(adapter: Adapter, main_model: nn.Module, tokenizer, inputs: list[str
     num_beams = num_beams or settings.get("num_beams", 1)
     max_input_length = max_input_length or settings.get("max_input_length", 512)
     device = next(main_model.parameters()).device
-    data = Data.model_construct(max_input_length=max_input_length, demo_style=settings.get("demo_style", "sni"))
+    data = Data.model_construct(max_input_length=max_input_length, demo_style=settings.get("demo_style", "sni"),
+                                prompt=settings.get("prompt", "plain"))
     collator = Collator(tokenizer, data, causal=is_causal(main_model))
+    stop_at_end_of_turn(main_model, collator)
     predictions: list[str] = []
     with tqdm(total=len(inputs), desc="predict", disable=not progress, leave=False) as bar:
         for start in range(0, len(inputs), batch_size):
