@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 HYPERGEN := $(BIN)/hypergen
 DEMO := runs/demo
 
-.PHONY: demo demo-llama test setup clean
+REAL := runs/real
+
+.PHONY: demo demo-llama demo-real test setup clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +42,21 @@ demo-llama: setup
 	@echo
 	@echo "Held-out tasks (parameter combinations never trained on):"
 	@$(HYPERGEN) compare $(DEMO)/llama-main $(DEMO)/llama-hart --label "fine-tuned Llama alone (zero-shot)" --label "HART"
+
+# the real model end to end: SmolLM2-135M-Instruct from its package (converted once into a cached folder), the frozen
+# model alone and in context, then HyperTuning and HART trained on sni-mini's training tasks, all scored on its 16
+# held-out tasks (benchmarks/results/real_model.md: what it printed and how long it took)
+demo-real: setup
+	$(HYPERGEN) eval --recipe smollm2_hart_sni --frozen zero_shot --output $(REAL)/frozen-zero-shot --quiet
+	$(HYPERGEN) eval --recipe smollm2_hart_sni --frozen instruction --output $(REAL)/frozen-instruction --quiet
+	$(HYPERGEN) eval --recipe smollm2_hart_sni --frozen in_context --output $(REAL)/frozen-in-context --quiet
+	$(HYPERGEN) train smollm2_hypertuning_sni --output $(REAL)/hypertuning --overwrite --quiet
+	$(HYPERGEN) train smollm2_hart_sni --output $(REAL)/hart --overwrite --quiet
+	@echo
+	@echo "SmolLM2-135M-Instruct on sni-mini's 16 held-out tasks (5 instances each):"
+	@$(HYPERGEN) compare $(REAL)/frozen-zero-shot $(REAL)/frozen-instruction $(REAL)/frozen-in-context \
+		$(REAL)/hypertuning $(REAL)/hart --label "frozen, query alone" --label "frozen, definition + query" \
+		--label "frozen, in context (Def+2Pos)" --label "HyperTuning" --label "HART"
 
 test: setup
 	$(BIN)/python -m pytest

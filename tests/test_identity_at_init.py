@@ -125,6 +125,10 @@ def test_output_lr_scale_can_be_set_and_is_checked():
         LayerwiseMLPProjector(output_lr_scale="fanin")
     from hypergen.components.base import SlotGroup
 
+    prefix_heads = LayerwiseMLPProjector()  # "auto": prefixes keep the full rate
+    prefix_heads.build(16, [SlotGroup("layers.value", "layers", 2, 4, 8, zero_at_init=True)], 1)
+    assert [g["lr"] for g in make_optimizer(prefix_heads.parameters(), cfg).param_groups] == [1e-3]
+
     projector = LayerwiseMLPProjector(output_lr_scale=1)
     projector.build(16, [SlotGroup("layers.q_proj.B", "layers", 2, 4, 8, zero_at_init=True)], 1)
     optimizer = make_optimizer(projector.parameters(), cfg)

@@ -57,7 +57,9 @@ class SlotGroup:
     ``name`` e.g. "encoder.key"; ``source`` is the group of main-model layers whose generated states feed it
     ("encoder" or "decoder" of a T5, "layers" of a causal LM); ``num_layers`` is how many layers carry the slot.
     ``zero_at_init``: the projector must generate this group as exactly zero before any training (LoRA's B half, as
-    peft starts a new LoRA), so that the adapted main model starts as the frozen model.
+    peft starts a new LoRA), so that the adapted main model starts as the frozen model. ``fan_in_lr``: the group
+    holds weights that should move about ``lr`` a step, as a peft adapter's do (LoRA's A and B), so the projector's
+    output layer for it trains at lr / fan_in by default (see :mod:`hypergen.components.projectors`).
     """
 
     name: str
@@ -66,6 +68,7 @@ class SlotGroup:
     rows: int
     width: int
     zero_at_init: bool = False
+    fan_in_lr: bool = False
 
 
 class Generator(nn.Module, abc.ABC):

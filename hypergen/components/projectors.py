@@ -12,9 +12,10 @@ Starting and moving like a peft adapter. A slot group with ``zero_at_init`` (LoR
 hypernetwork leaves the frozen model unchanged. And Adam moves every weight by about ``lr`` a step, so each output
 of Linear2 (a sum of ``hidden`` terms tanh(.) * w) moves by up to ``lr * hidden * E|tanh|``: on SmolLM2 (hidden
 576) the generated LoRA grew by 7% of ||W|| a step at lr 3e-4 and the loss rose above the frozen model's by step 3
-(benchmarks/results/real_model.md). ``output_lr_scale`` (default ``"fan_in"``: 1 / hidden, the muP rule for an
-Adam-trained output layer) scales Linear2's learning rate so that a generated weight moves about ``lr`` a step, as a
-peft LoRA weight does.
+(benchmarks/results/real_model.md). ``output_lr_scale`` scales Linear2's learning rate: ``"fan_in"`` (1 / hidden, the muP
+rule for an Adam-trained output layer) makes a generated weight move about ``lr`` a step, as a peft LoRA weight
+does; the default ``"auto"`` applies it to the groups that ask for it (``SlotGroup.fan_in_lr``: LoRA's A and B) and
+keeps the full rate for the others (prefixes, whose keys and values must grow to the size of real ones).
 """
 
 from __future__ import annotations
@@ -71,16 +72,17 @@ class LayerwiseHeads(nn.Module):
 @registry.projectors.register("layerwise_mlp.v1")
 class LayerwiseMLPProjector(Projector):
     """One :class:`LayerwiseHeads` per slot group; ``hidden`` defaults to the hypernetwork width d_h;
-    ``output_lr_scale``: Linear2's learning rate relative to the recipe's, ``"fan_in"`` (1 / hidden, the default)
-    or a positive number (1: the same as every other weight)."""
+    ``output_lr_scale``: Linear2's learning rate relative to the recipe's: ``"auto"`` (the default: 1 / hidden for
+    groups with ``fan_in_lr``, else 1), ``"fan_in"`` (1 / hidden for every group) or a positive number."""
 
-    def __init__(self, hidden: int | None = None, output_lr_scale: float | str = "fan_in") -> None:
+    def __init__(self, hidden: int | None = None, output_lr_scale: float | str = "auto") -> None:
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
             raise RecipeError(f"hidden: expected a positive integer (or null for the hypernetwork width), "
                               f"got {hidden!r}")
-        if output_lr_scale != "fan_in" and (isinstance(output_lr_scale, bool)
+        if output_lr_scale not in ("auto", "fan_in") and (isinstance(output_lr_scale, bool)
                                             or not isinstance(output_lr_scale, (int, float)) or output_lr_scale <= 0):
-            raise RecipeError(f"output_lr_scale: expected \"fan_in\" or a positive number, got {output_lr_scale!r}")
+            raise RecipeError(f"output_lr_scale: expected \"auto\", \"fan_in\" or a positive number, got "
+                              f"{output_lr_scale!r}")
         super().__init__()
         self.hidden = hidden
         self.output_lr_scale = output_lr_scale
@@ -91,7 +93,11 @@ class LayerwiseMLPProjector(Projector):
         for group in groups:
             key = group.name.replace(".", "_")
             hidden = self.hidden or d_model
-            scale = 1.0 / hidden if self.output_lr_scale == "fan_in" else float(self.output_lr_scale)
+            if self.output_lr_scale in ("auto", "fan_in"):
+                fan_in = self.output_lr_scale == "fan_in" or group.fan_in_lr
+                scale = 1.0 / hidden if fan_in else 1.0
+            else:
+                scale = float(self.output_lr_scale)
             self.heads[key] = LayerwiseHeads(group, d_model, hidden, rows_per_layer, output_lr_scale=scale)
 
     def forward(self, generated: GeneratedStates) -> dict[str, torch.Tensor]:

@@ -134,9 +134,10 @@ class LoraTarget(PEFTTarget):
         for site, linear in self.sites(main_model):
             layers[site.group] = layers.get(site.group, 0) + 1
             d_in, d_out = site_widths(site, linear)
-            groups[f"{site.group}.A"] = SlotGroup(f"{site.group}.A", site.source, layers[site.group], self.rank, d_in)
+            groups[f"{site.group}.A"] = SlotGroup(f"{site.group}.A", site.source, layers[site.group], self.rank, d_in,
+                                                  fan_in_lr=True)
             groups[f"{site.group}.B"] = SlotGroup(f"{site.group}.B", site.source, layers[site.group], self.rank,
-                                                  d_out, zero_at_init=True)  # B = 0: peft's start
+                                                  d_out, zero_at_init=True, fan_in_lr=True)  # B = 0: peft's start
         return list(groups.values())
 
     def prepare(self, main_model: nn.Module) -> None:
