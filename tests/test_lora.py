@@ -55,7 +55,9 @@ def test_registered_and_slot_groups():
     groups = {g.name: g for g in LoraTarget(rank=R).slot_groups(model)}
     assert list(groups) == ["encoder.self.q.A", "encoder.self.q.B", "encoder.self.v.A", "encoder.self.v.B",
                             "decoder.self.q.A", "decoder.self.q.B", "decoder.self.v.A", "decoder.self.v.B"]
-    assert groups["encoder.self.q.A"] == groups["encoder.self.q.A"].__class__("encoder.self.q.A", "encoder", 3, R, 32)
+    assert groups["encoder.self.q.A"] == groups["encoder.self.q.A"].__class__("encoder.self.q.A", "encoder", 3, R, 32,
+                                                                              fan_in_lr=True)
+    assert groups["encoder.self.q.B"].zero_at_init and not groups["encoder.self.q.A"].zero_at_init  # peft's start
     assert (groups["encoder.self.q.B"].rows, groups["encoder.self.q.B"].width) == (R, INNER)  # B^T: r x d_out
     assert groups["decoder.self.v.B"].num_layers == 2 and groups["decoder.self.v.B"].source == "decoder"
     full = {g.name: g for g in LoraTarget(rank=3, targets=["q", "o"], attention=["self", "cross"]).slot_groups(model)}
