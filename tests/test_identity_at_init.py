@@ -14,6 +14,7 @@ from hypergen.recipe import Training, parse_recipe
 from hypergen.runs import build_hypernet_method
 from hypergen.models.main import load_main_model
 from hypergen.training.optim import make_optimizer
+from test_families import batch  # the harness's batch: 2 tasks' demos (one padded), 4 queries
 
 FAMILIES = {
     "t5": ({"architecture": "t5", "num_layers": 2, "num_decoder_layers": 2}, ["q", "v", "o"]),
@@ -35,19 +36,6 @@ def build(family: str, generator: str, peft: dict):
     })
     main_model, _ = load_main_model(recipe.main_model)
     return build_hypernet_method(recipe, main_model, torch.device("cpu")), recipe
-
-
-def batch(vocab: int = 384):
-    g = torch.Generator().manual_seed(0)
-    demo_ids = torch.randint(3, vocab, (2, 10), generator=g)
-    demo_mask = torch.ones_like(demo_ids)
-    demo_mask[1, 7:] = 0
-    input_ids = torch.randint(3, vocab, (4, 6), generator=g)
-    mask = torch.ones_like(input_ids)
-    mask[3, 4:] = 0
-    labels = torch.randint(3, vocab, (4, 5), generator=g)
-    labels[2, 3:] = -100
-    return demo_ids, demo_mask, torch.tensor([0, 0, 1, 1]), input_ids, mask, labels
 
 
 def adapted_and_frozen(method):
