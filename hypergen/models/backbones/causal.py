@@ -133,8 +133,11 @@ def main_forward(main_model, fusion_states: Context | None, input_ids, attention
     ids = torch.cat([ids, labels.clamp(min=0)], dim=1)
     mask = torch.cat([mask, answer_mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    n_x, n_y = input_ids.shape[1], labels.shape[1]
-    logits = main_model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, n_x - 1: n_x - 1 + n_y]
+    n_y = labels.shape[1]
+    # only the positions that predict an answer token go through the LM head (V x d, a fifth of SmolLM2's products
+    # over every position): the last n_y + 1 positions are [last query token ; answer], of which all but the last
+    logits = main_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        logits_to_keep=n_y + 1).logits[:, :n_y]
     loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                        ignore_index=-100)
     return CausalLMOutput(loss=loss, logits=logits)
