@@ -195,9 +195,10 @@ def load_adapter(folder: str | Path, main_model: nn.Module) -> Adapter:
         fusion = read_safetensors(fusion_file, "fusion-in-decoder states of the adapter")
         if set(fusion) != {"states", "mask"} or fusion["states"].dim() != 2:
             raise HypergenError(f"{fusion_file}: expected 'states' (n_d x d_h) and 'mask' (n_d)")
-        if fusion["states"].shape[1] != main_model.config.d_model:
+        width = main_model.get_input_embeddings().embedding_dim  # d_model (T5), hidden_size (a causal LM)
+        if fusion["states"].shape[1] != width:
             raise HypergenError(f"{fusion_file}: states have width {fusion['states'].shape[1]}, but the main model "
-                                f"has d_model={main_model.config.d_model} (an adapter from another main model?)")
+                                f"has width {width} (an adapter from another main model?)")
         states, mask = fusion["states"][None], fusion["mask"][None]
     target.prepare(main_model)
     device = next(main_model.parameters()).device

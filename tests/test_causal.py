@@ -212,17 +212,6 @@ def test_adapt_writes_a_peft_folder_with_hypergen_s_logits(causal_run, tmp_path)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
-def test_fusion_in_decoder_is_refused_for_a_causal_lm(tmp_path):
-    recipe = causal_recipe(tmp_path, steps=1)
-    recipe["hypernetwork"]["fusion_in_decoder"] = True
-    path = tmp_path / "fusion.json"
-    path.write_text(json.dumps(recipe))
-    result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "out"), "--quiet", "--no-eval"])
-    assert result.exit_code == 2
-    line = result.output.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "hypernetwork.fusion_in_decoder: LlamaForCausalLM has no cross-attention" in line
-
-
 @pytest.mark.parametrize("name", ["hart_qwen2.5-0.5b_sni.json", "hart_llama3.2-1b_sni.json"])
 def test_full_size_causal_recipes_validate_and_fail_fast_offline(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

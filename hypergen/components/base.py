@@ -22,15 +22,9 @@ from torch import nn
 
 from ..errors import HypergenError
 from ..errors import RecipeError
-from ..models.backbones.base import Backbone, Context, MainModelShape
+from ..models.backbones.base import (  # noqa: F401 - part of the components' contract, re-exported
+    TEMPORARY_ATTRIBUTE_PREFIX, Backbone, Context, MainModelShape, expand_to_batch)
 
-
-TEMPORARY_ATTRIBUTE_PREFIX = "_hypergen_"
-"""The prefix of the name of every attribute a PEFT target sets on the main model's modules (site tags, hook
-handles, and the per-example parameters held while ``applied``), e.g. ``f"{TEMPORARY_ATTRIBUTE_PREFIX}lora"``.
-Gradient checkpointing of the frozen main model (hypergen/training/activation_recompute.py) snapshots exactly the
-attributes with this prefix and restores them when the backward pass recomputes a block, so a target whose
-temporaries are named otherwise gets wrong gradients under ``training.gradient_checkpointing.main_model``."""
 
 
 @dataclass
@@ -227,17 +221,6 @@ class PEFTTarget(abc.ABC):
         ``main_model``; a mismatch raises a one-line :class:`HypergenError` naming the file."""
         raise HypergenError(f"{folder}: peft target {cls.__name__} has no adapter format (it does not implement "
                             "export/load), so it cannot load an adapter folder")
-
-
-def expand_to_batch(batch: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-example tensors (P rows) expanded to ``batch`` = P * k rows as ``generate()`` expands its inputs for
-    beam search (``repeat_interleave``: rows i*k .. i*k+k-1 belong to example i)."""
-    rows = tensors[0].shape[0]
-    if batch == rows:
-        return tensors
-    if batch % rows:
-        raise ValueError(f"batch {batch} is not a multiple of the {rows} rows of generated parameters")
-    return tuple(t.repeat_interleave(batch // rows, dim=0) for t in tensors)
 
 
 @dataclass

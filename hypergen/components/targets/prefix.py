@@ -37,117 +37,17 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
-from transformers.utils.output_capturing import _active_collector
 
 from ...errors import HypergenError
 from ...io import atomic_save_tensors, read_safetensors
 from ...models.families import family_of
+from ...models.prefix_attention import (  # noqa: F401 - the attention itself lives beside the models it runs in
+    _KERNEL, _PREFIX, ATTENTION_KERNELS, ATTN_IMPLEMENTATION, prefix_attention_forward, use_prefix_attention)
 from ...registry import registry
-from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup, expand_to_batch
+from ..base import ADAPTER_CONFIG, TEMPORARY_ATTRIBUTE_PREFIX, PEFTTarget, SlotGroup
 
-ATTN_IMPLEMENTATION = "hypergen_prefix"
 _SITE = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_site"  # on a tagged SelfAttention module: (side, layer index)
-_PREFIX = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix"  # (keys, values), each B x n_heads x p x d_kv, while applied
-_ATTENTION = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_attention"  # the family's eager attention, set by prepare
-_KERNEL = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_kernel"  # on a tagged attention module: "sdpa" or "eager"
-ATTENTION_KERNELS = ("sdpa", "eager")
 PREFIX_WEIGHTS = "prefix.safetensors"
-
-
-def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """Prepend ``p`` always-visible columns to an additive (float) or boolean (True = attend) 4D mask.
-
-    ``mask``: (B or 1) x (1 or H) x q_len x k_len. Returns a float additive mask: ... x q_len x (p + k_len).
-    """
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        mask = torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), torch.finfo(dtype).min)
-    return nn.functional.pad(mask, (p, 0), value=0.0)
-
-
-def _weights_requested(kwargs: dict[str, Any]) -> bool:
-    """Whether the caller asked for attention weights (``output_attentions``: passed down, or being recorded)."""
-    if kwargs.get("output_attentions"):
-        return True
-    collecting = _active_collector.get()
-    return bool(collecting) and "attentions" in collecting
-
-
-def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, additive: torch.Tensor | None,
-                   scaling: float, dropout: float) -> torch.Tensor:
-    """``softmax(query @ key^T * scaling + additive) @ value`` by ``scaled_dot_product_attention``.
-
-    ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv; ``additive``: float, broadcastable to
-    B x H x q_len x k_len, or None. Returns B x q_len x H x d_kv (contiguous), as T5's eager attention does.
-    """
-    if additive is not None:
-        additive = additive.to(query.dtype)
-    output = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=additive, dropout_p=dropout,
-                                                        scale=scaling)
-    return output.transpose(1, 2).contiguous()
-
-
-def prefix_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    position_bias: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The family's eager attention, with the module's prefix (if any) prepended to ``key``/``value``.
-
-    ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv (from the cache in the decoder);
-    ``position_bias``: (1 or B) x H x q_len x k_len; ``attention_mask``: additive float or boolean
-    (B x 1 x q_len x k_len) or None. The prefix (P x H x p x d_kv, P dividing B) is expanded with
-    ``repeat_interleave`` to B rows; its columns get zero bias and a zero mask. Returns
-    ``(B x q_len x H x d_kv contiguous output, B x H x q_len x (p + k_len) attention weights, or None on the
-    SDPA path)``.
-    """
-    prefix = getattr(module, _PREFIX, None)
-    has_prefix = prefix is not None and prefix[0].shape[-2] > 0
-    if has_prefix:
-        prefix_key, prefix_value = prefix
-        prefix_key, prefix_value = expand_to_batch(key.shape[0], prefix_key, prefix_value)
-        p = prefix_key.shape[-2]
-        key = torch.cat([prefix_key.to(key.dtype), key], dim=-2)
-        value = torch.cat([prefix_value.to(value.dtype), value], dim=-2)
-        if position_bias is not None:
-            position_bias = nn.functional.pad(position_bias, (p, 0), value=0.0)
-        attention_mask = _extend_mask(attention_mask, p, query.dtype)
-    elif attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = _extend_mask(attention_mask, 0, query.dtype)
-    if (has_prefix and getattr(module, _KERNEL, "eager") == "sdpa" and key.shape[1] == query.shape[1]
-            and kwargs.get("softcap") is None and not _weights_requested(kwargs)):  # soft-capped scores: eager  # one SDPA call with one additive mask (bias + mask, 0 on prefix)
-        additive = position_bias if attention_mask is None else (
-            attention_mask if position_bias is None else position_bias + attention_mask)
-        scale = query.size(-1) ** -0.5 if scaling is None else scaling
-        return sdpa_attention(query, key, value, additive, scale, dropout), None
-    if position_bias is not None:  # T5's relative bias; a causal LM's attention takes none
-        kwargs["position_bias"] = position_bias
-    return getattr(module, _ATTENTION)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                       **kwargs)
-
-
-_registered = False
-
-
-def _register_attention() -> None:
-    """Register the attention and mask functions under ``"hypergen_prefix"`` (once per process)."""
-    global _registered
-    if not _registered:
-        AttentionInterface.register(ATTN_IMPLEMENTATION, prefix_attention_forward)
-        # Without a mask function registered under the same name, transformers builds NO mask at all
-        # (padding and causality would be lost). The eager mask is float additive (0 / dtype min), never
-        # skipped for causal masks, and None only for unpadded bidirectional input.
-        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
-        _registered = True
 
 
 @registry.peft_targets.register("prefix.v1")
@@ -188,12 +88,8 @@ class PrefixTarget(PEFTTarget):
 
     def prepare(self, main_model: nn.Module) -> None:
         """Switch every (sub)config of ``main_model`` to ``"hypergen_prefix"`` and tag the self-attention modules."""
-        _register_attention()
-        if main_model.config._attn_implementation != ATTN_IMPLEMENTATION:
-            main_model.set_attn_implementation(ATTN_IMPLEMENTATION)  # also reaches the encoder/decoder configs
         models_family = family_of(main_model)
-        for attention in models_family.attention_modules(main_model):  # cross-attention too: it runs the function
-            setattr(attention, _ATTENTION, models_family.attention)
+        use_prefix_attention(main_model, models_family.attention_modules(main_model), models_family.attention)
         for group, i, attention, _, _ in self.sites(main_model):
             if attention.config._attn_implementation != ATTN_IMPLEMENTATION:
                 raise RuntimeError(f"{group} layer {i} did not switch to the {ATTN_IMPLEMENTATION!r} attention")

@@ -10,7 +10,8 @@ Positions (rotary): task t's generated token j sits at ``n_t + j`` (n_t: its num
 generated states continue the demos whatever their padding. One group, "layers" (HART: 1 token per step,
 HyperTuning: p tokens). The main-model side (:func:`main_forward`, :func:`main_generate`) reads ``[query ; answer]``
 with the query left-aligned (left padding, also for ``generate()``) and scores the answer tokens only.
-Fusion-in-decoder has no analogue here: a recipe asking for it is refused (``hypernetwork.fusion_in_decoder``).
+Fusion-in-decoder's analogue (there is no cross-attention): the encoded demos become a key/value prefix of every
+main-model layer, :meth:`hypergen.models.families.base.Family.fused`, around these functions.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class CausalBackbone(Backbone):
     base model's ``attribute``) and final norm (``modules``: "decoder"), initialised from the main model's weights
     unless ``init_from_main`` is false."""
 
-    supports_fusion = False
+    supports_fusion = True  # the analogue: Family.fused
 
     def __init__(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True,
                  attribute: str = "layers") -> None:
@@ -117,17 +118,10 @@ def left_align(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     return ids.gather(1, order), mask.gather(1, order)
 
 
-def check_no_fusion(fusion_states: Context | None) -> None:
-    if fusion_states is not None:
-        raise ValueError("hypernetwork.fusion_in_decoder: a causal LM has no cross-attention to fuse the demos into;"
-                         " set it to false")
-
-
-def main_forward(main_model, fusion_states: Context | None, input_ids, attention_mask, labels) -> CausalLMOutput:
+def main_forward(main_model, input_ids, attention_mask, labels) -> CausalLMOutput:
     """The LM over ``[query ; answer]`` (query ``input_ids`` B x n_x left-aligned, answer ``labels`` B x n_y,
     -100 = padding): ``.logits`` B x n_y x V, row t predicting answer token t, and ``.loss`` the mean CE over the
     answer tokens only."""
-    check_no_fusion(fusion_states)
     ids, mask = left_align(input_ids, attention_mask)
     answer_mask = (labels != -100).to(mask.dtype)
     ids = torch.cat([ids, labels.clamp(min=0)], dim=1)
@@ -143,10 +137,8 @@ def main_forward(main_model, fusion_states: Context | None, input_ids, attention
     return CausalLMOutput(loss=loss, logits=logits)
 
 
-def main_generate(main_model, fusion_states: Context | None, input_ids, attention_mask, max_new_tokens: int,
-                  num_beams: int) -> torch.Tensor:
+def main_generate(main_model, input_ids, attention_mask, max_new_tokens: int, num_beams: int) -> torch.Tensor:
     """Greedy (or beam) continuation of the left-padded query: B x n_out new token ids."""
-    check_no_fusion(fusion_states)
     ids, mask = left_align(input_ids, attention_mask)
     out = main_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                               num_beams=num_beams, do_sample=False)

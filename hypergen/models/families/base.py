@@ -8,6 +8,8 @@ A family answers, for a main model of one of its ``model_types`` (``config.model
                                               module name, roles attn.q/k/v/o, mlp.in/out, Conv1D and fused flags)
     sites(main_model, targets, ...)           the sites ``targets`` (module names or roles) ask for, in slot order
     attention, attention_modules, prefix_sites    the attention function prefixes go through, and where
+    fusion_keys_values(main_model, states)    a causal LM's fusion analogue: the encoded demos as every layer's
+                                              keys/values (:meth:`Family.fused` puts them before each query)
     forward(...), generate(...)               the frozen main model teacher-forced and generating
     peft_task_type, default_lora_targets      peft's task type and its default LoRA target modules
     tiny(spec, vocab_size)                    a tiny random model of ``tiny_names`` for CPU tests
@@ -15,12 +17,14 @@ A family answers, for a main model of one of its ``model_types`` (``config.model
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ..backbones.base import Backbone, LinearSite, MainModelShape
+from ..backbones.base import Backbone, Context, LinearSite, MainModelShape
+from ..prefix_attention import _FUSION, use_prefix_attention
 
 Site = LinearSite
 
@@ -113,6 +117,41 @@ class Family:
                      ) -> list[tuple[str, int, nn.Module, int, int]]:
         """(group, layer, self-attention module, key/value heads, head width) of every prefixed layer."""
         raise NotImplementedError
+
+    # ------------------------------------------------ fusion: a causal LM's analogue of fusion-in-decoder
+    def fusion_keys_values(self, main_model: nn.Module, states: torch.Tensor
+                           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per prefix site (layer), the encoded demos ``states`` (B x n_d x d_model) read by that layer's own input
+        norm and key/value projections: (keys, values), each B x kv_heads x n_d x head width, unrotated."""
+        raise ValueError(f"hypernetwork.fusion_in_decoder: the {self.name} family has no analogue of fusion-in-"
+                         "decoder; set it to false")
+
+    @contextmanager
+    def fused(self, main_model: nn.Module, context: Context | None) -> Iterator[None]:
+        """Inside the block, every layer of a causal LM attends to the hypernetwork's encoding of each example's
+        demos before its own keys (``context``: T task rows and B example ``rows``, or None: nothing changes).
+
+        The analogue of fusion-in-decoder (appendix 6.1.3, where T5's decoder cross-attends to [e ; Enc_main(x)]):
+        layer l's extra keys and values are K_l = W_k^l norm_l(e), V_l = W_v^l norm_l(e), e the hypernetwork's
+        final states of the demos (n_d of them, padding masked), at no position (like a prefix). Per query it
+        costs attention over n_d more keys in every layer, as in-context demos do, but no pass of the demos through
+        the main model."""
+        if context is None:
+            yield
+            return
+        context = context.per_example()
+        use_prefix_attention(main_model, self.attention_modules(main_model), self.attention)
+        sites = self.prefix_sites(main_model, False, True)
+        saved: list[tuple[nn.Module, Any]] = []
+        try:
+            for (_, _, attention, _, _), (keys, values) in zip(sites, self.fusion_keys_values(main_model,
+                                                                                              context.states)):
+                saved.append((attention, getattr(attention, _FUSION, None)))
+                setattr(attention, _FUSION, (keys, values, context.mask))
+            yield
+        finally:
+            for attention, previous in reversed(saved):
+                setattr(attention, _FUSION, previous)
 
     # ------------------------------------------------------------------------------------- backbone, main model
     def backbone(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True) -> Backbone:

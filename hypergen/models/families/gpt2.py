@@ -69,14 +69,26 @@ class GPT2Family(Family):
         return [(GROUP, i, block.attn, block.attn.num_heads, block.attn.head_dim)
                 for i, block in enumerate(causal_layers(main_model, LAYERS))]
 
+    def fusion_keys_values(self, main_model: nn.Module, states):
+        """Each block's ``ln_1``, then the key and value thirds of its fused ``c_attn`` over the demos' states."""
+        keys_values = []
+        for block in causal_layers(main_model, LAYERS):
+            attention = block.attn
+            _, keys, values = attention.c_attn(block.ln_1(states)).split(attention.split_size, dim=-1)
+            shape = (*states.shape[:2], -1, attention.head_dim)
+            keys_values.append((keys.view(shape).transpose(1, 2), values.view(shape).transpose(1, 2)))
+        return keys_values
+
     def backbone(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True):
         return CausalBackbone(main_model, decoder_layers, init_from_main, attribute=LAYERS)
 
     def forward(self, main_model, fusion_states, input_ids, attention_mask, labels):
-        return main_forward(main_model, fusion_states, input_ids, attention_mask, labels)
+        with self.fused(main_model, fusion_states):
+            return main_forward(main_model, input_ids, attention_mask, labels)
 
     def generate(self, main_model, fusion_states, input_ids, attention_mask, max_new_tokens, num_beams):
-        return main_generate(main_model, fusion_states, input_ids, attention_mask, max_new_tokens, num_beams)
+        with self.fused(main_model, fusion_states):
+            return main_generate(main_model, input_ids, attention_mask, max_new_tokens, num_beams)
 
     def tiny(self, spec, vocab_size: int) -> nn.Module:
         """``d_model`` wide with ``num_heads`` heads (of width d_model / num_heads: ``d_kv`` does not apply),

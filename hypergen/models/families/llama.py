@@ -88,14 +88,29 @@ class LlamaFamily(Family):
         return [(GROUP, i, layer.self_attn, main_model.config.num_key_value_heads, layer.self_attn.head_dim)
                 for i, layer in enumerate(causal_layers(main_model))]
 
+    def fusion_keys_values(self, main_model: nn.Module, states):
+        """Each layer's ``input_layernorm``, ``k_proj`` (then ``k_norm`` where the family has one: Gemma 3) and
+        ``v_proj`` over the demos' states."""
+        keys_values = []
+        for layer in causal_layers(main_model):
+            attention, hidden = layer.self_attn, layer.input_layernorm(states)
+            shape = (*states.shape[:2], -1, attention.head_dim)
+            keys, values = attention.k_proj(hidden).view(shape), attention.v_proj(hidden).view(shape)
+            if getattr(attention, "k_norm", None) is not None:
+                keys = attention.k_norm(keys)
+            keys_values.append((keys.transpose(1, 2), values.transpose(1, 2)))
+        return keys_values
+
     def backbone(self, main_model: nn.Module, decoder_layers: int, init_from_main: bool = True):
         return CausalBackbone(main_model, decoder_layers, init_from_main)
 
     def forward(self, main_model, fusion_states, input_ids, attention_mask, labels):
-        return main_forward(main_model, fusion_states, input_ids, attention_mask, labels)
+        with self.fused(main_model, fusion_states):
+            return main_forward(main_model, input_ids, attention_mask, labels)
 
     def generate(self, main_model, fusion_states, input_ids, attention_mask, max_new_tokens, num_beams):
-        return main_generate(main_model, fusion_states, input_ids, attention_mask, max_new_tokens, num_beams)
+        with self.fused(main_model, fusion_states):
+            return main_generate(main_model, input_ids, attention_mask, max_new_tokens, num_beams)
 
     def tiny(self, spec, vocab_size: int) -> nn.Module:
         config_class, model_class = ARCHITECTURES[spec.architecture]
