@@ -4,6 +4,8 @@
     python benchmarks/reproduce.py --quick              # one seed, embedded, fewer steps (CPU: < 15 min)
     python benchmarks/reproduce.py --scale base --device cuda --seeds 1 --deadline-min 7   # larger, on a GPU
     python benchmarks/reproduce.py --alpha 1 --out runs/reproduce-alpha1   # alpha fixed instead of chosen on validation
+    python benchmarks/reproduce.py --scale smollm2      # the real model: SmolLM2-135M-Instruct on sni-mini (CPU: ~3 h)
+    python benchmarks/reproduce.py --scale smollm2 --quick   # every row of it once, tiny budgets (CPU: < 20 min)
 
 Writes the runs to ``--out`` (default ``runs/reproduce``) and the report to
 ``benchmarks/results/reproduce/<scale>-<profile>.md`` with its PNGs beside it. Started again with the same
@@ -24,13 +26,20 @@ from hypergen.reproduce.plan import METHODS, PAPER_ALPHAS, RUN_ORDER, SCALES, St
 
 ROOT = Path(__file__).resolve().parent.parent
 SNI_ALGO = ROOT.parent / "shared" / "data" / "sni-algo"
+SNI_MINI = ROOT.parent / "shared" / "data" / "sni-mini"
 
 
-def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str | None]]:
+def _data_sources(values: tuple[str, ...], quick: bool, real: bool = False) -> list[tuple[str, str | None]]:
+    if not values and real:  # a real main model reads real tasks: sni-mini (83 S-NI tasks of many kinds)
+        if not SNI_MINI.is_dir():
+            raise HypergenError(f"--data: give an S-NI folder ({SNI_MINI} does not exist)")
+        values = (str(SNI_MINI),)
     if not values:
         values = ("embedded",) if quick or not SNI_ALGO.is_dir() else ("embedded", str(SNI_ALGO))
     sources = []
     for value in values:
+        if value == "embedded" and real:
+            raise HypergenError("--data: a real main model's study reads S-NI folders, not 'embedded'")
         if value == "embedded":
             sources.append(("embedded", None))
         elif Path(value).is_dir():
@@ -63,10 +72,16 @@ def _data_sources(values: tuple[str, ...], quick: bool) -> list[tuple[str, str |
                    "every seed uses the chosen alpha; run: a sweep per method and seed (the grid's size times those "
                    "runs).")
 @click.option("--quick", is_flag=True, help="Fewer steps and instances, one seed, embedded only: a check that "
-              "everything runs (under 15 min on a 2-core CPU), not a result.")
+              "everything runs (under 15 min on a 2-core CPU), not a result. With --scale smollm2: every row on "
+              "sni-mini with a few steps and 2 instances per task, the controls on HART only (under 20 min).")
 @click.option("--scale", type=click.Choice(sorted(SCALES)), default="tiny", show_default=True,
-              help="tiny: d_model 128, 3+2 layers (CPU); base: d_model 512, 6+6 layers (GPU).")
+              help="tiny: d_model 128, 3+2 layers (CPU); base: d_model 512, 6+6 layers (GPU); smollm2: the real "
+                   "SmolLM2-135M-Instruct, frozen, on sni-mini (no M0; its own rows: the frozen model zero-shot, "
+                   "with the instruction and in context, LoRA, the hypernetworks with and without fusion).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads of every run (default: torch's). On a "
+              "CPU shared with other processes, 1 avoids threads waiting on each other: decoding SmolLM2 took 33 s "
+              "with 2 threads against 6.7 s with 1 on this 2-core machine under load.")
 @click.option("--methods", help=f"Comma-separated subset of: {', '.join(RUN_ORDER)} (default: all).")
 @click.option("--deadline-min", type=click.FloatRange(min=0), help="Start no run after this many minutes; the "
               "report lists what was left out.")
@@ -104,22 +119,27 @@ def _alpha_grid(value: str | None, alpha: float | None, quick: bool) -> tuple[fl
     return alphas
 
 
-def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_select, quick, scale, device, methods,
-        deadline_min, out, report, fresh, report_only) -> None:
+def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_select, quick, scale, device, threads,
+        methods, deadline_min, out, report, fresh, report_only) -> None:
     from hypergen.reproduce.report import write_report
     from hypergen.reproduce.study import Study
 
-    chosen = [m.strip() for m in methods.split(",")] if methods else list(RUN_ORDER)
+    chosen = [m.strip() for m in methods.split(",")] if methods else list(SCALES[scale].methods or RUN_ORDER)
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise HypergenError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(RUN_ORDER)}")
-    cfg = StudyConfig(data=_data_sources(data, quick), seeds=seeds or (1 if quick else 3), scale=scale,
+    real = SCALES[scale].main_model is not None
+    if real and any(METHODS[m].kind == "finetune" for m in chosen):
+        raise HypergenError(f"--methods: the {scale} scale fine-tunes no main model (FT-Zero-Shot / FT-Few-Shot "
+                            "rows are the toy scales')")
+    cfg = StudyConfig(data=_data_sources(data, quick, real), seeds=seeds or (1 if quick else 3), scale=scale,
                       profile="quick" if quick else "full", steps=steps, main_steps=main_steps,
                       task_steps=task_steps, alpha=alpha, alpha_grid=_alpha_grid(alpha_grid, alpha, quick),
                       alpha_select=alpha_select,
-                      device=device,
+                      device=device, threads=threads,
                       out=Path(out), methods=[m for m in RUN_ORDER if m in chosen],
                       deadline_s=None if deadline_min is None else 60 * deadline_min,
+                      controls=["hart"] if quick and real else None,  # --quick: the controls' mechanics, once
                       command="python " + " ".join(shlex.quote(a) for a in sys.argv))
     report_path = Path(report) if report else ROOT / "benchmarks" / "results" / "reproduce" / f"{cfg.name}.md"
     from transformers.utils import logging as hf_logging

@@ -97,10 +97,10 @@ def demos_batch(collator: Collator, task: Task, device) -> Batch:
 
 def tune_and_predict(main: nn.Module, collator: Collator, task: Task, kind: str, steps: int, lr: float, seed: int,
                      max_instances: int, max_new_tokens: int, batch_size: int, device,
-                     prefix_length: int = 8) -> list[dict[str, Any]]:
+                     prefix_length: int = 8, lora_rank: int = 8) -> list[dict[str, Any]]:
     """Fine-tune ``kind`` parameters on ``task``'s demos for ``steps`` steps, then decode its first
     ``max_instances`` instances: records {task, input, prediction, references} as the evaluator writes them."""
-    tuner = PerTaskTuner(main, kind, lr, seed, prefix_length=prefix_length)
+    tuner = PerTaskTuner(main, kind, lr, seed, prefix_length=prefix_length, lora_rank=lora_rank)
     try:
         batch = demos_batch(collator, task, device)
         main.eval()  # no dropout while tuning, as in the bench and in evaluation

@@ -45,6 +45,38 @@ def test_bench_tiny_writes_result(tmp_path):
     assert scaling["cached"]["depths"] == [6, 12] and all(t > 0 for t in scaling["cached"]["seconds"])
     assert isinstance(scaling["cached"]["fit"]["exponent"], float)
     assert (out / "bench.png").stat().st_size > 1000
+    # every query after adaptation: both paths timed at batch 1 and 16, the in-context prompt the longer one
+    queries = data["queries"]
+    assert queries["batch_sizes"] == [1, 16] and queries["in_context"]["per_query_s"] > 0
+    for size in (1, 16):
+        ctx, own = queries["in_context"][f"batch_{size}"], queries["adapter"][f"batch_{size}"]
+        assert ctx["prompt_tokens"] > own["prompt_tokens"] > 0 and own["per_query_s"] > 0
+        assert data["cost_ratios"][f"query_in_context/adapter_batch_{size}"] == pytest.approx(
+            ctx["per_query_s"] / own["per_query_s"])
+    lora_step = data["finetuning"]["lora"]["step"]["median_s"]
+    assert data["cost_ratios"]["adaptation_HART/lora_step"] == pytest.approx(
+        data["hypernetworks"]["HART"]["latency"]["median_s"] / lora_step)
+    step = data["hypernetworks"]["HART"]["throughput"]
+    assert step["flops_per_step"] > 0 and step["utilisation"] == pytest.approx(
+        step["flops_per_step"] / step["step"]["median_s"] / step["peak_flops"])
+    assert "every query after adaptation" in result.output and "cost ratios:" in result.output
+
+
+def test_exact_length_decodes_every_token_asked_for_then_restores_the_config():
+    from hypergen.bench.queries import exact_length
+    from hypergen.models.main import tiny_causal
+    from hypergen.recipe import TinyT5
+
+    model = tiny_causal(TinyT5(architecture="llama", d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4), 384)
+    with torch.no_grad():  # an LM head that always predicts token 1, the end of sequence
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[1] = 1.0
+        model.model.norm.weight.fill_(1.0)
+    ids = torch.tensor([[5, 6, 7]])
+    assert model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=1).shape[1] < 3 + 6
+    with exact_length(model, 6):
+        assert model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=1).shape[1] == 3 + 6
+    assert model.generation_config.min_new_tokens is None
 
 
 def test_bench_refuses_run_and_size(tmp_path):

@@ -84,9 +84,12 @@ def test_per_task_tuner_learns_the_demos_and_gives_the_stock_model_back(tiny_mai
 
 @pytest.mark.parametrize("scale", sorted(plan.SCALES))
 def test_every_method_is_a_valid_recipe_of_the_same_code(scale, tmp_path):
-    cfg = StudyConfig(data=[("embedded", None), ("sni", str(tmp_path))], scale=scale)
+    real = plan.SCALES[scale].main_model is not None  # no M0, S-NI only
+    cfg = StudyConfig(data=[("sni", str(tmp_path))] if real else [("embedded", None), ("sni", str(tmp_path))],
+                      scale=scale)
     for source, path in cfg.data:
-        parse_recipe(main_recipe(cfg, source, path))
+        if not real:
+            parse_recipe(main_recipe(cfg, source, path))
         for method in METHODS.values():
             if method.kind == "per_task":
                 continue
@@ -96,13 +99,14 @@ def test_every_method_is_a_valid_recipe_of_the_same_code(scale, tmp_path):
                 assert recipe.hypernetwork.generator.name == method.generator["name"]
                 assert [r.name for r in recipe.hypernetwork.regularizers] == (
                     ["local_consistency"] if method.consistency else [])
-    hart = method_recipe(cfg, METHODS["hart_reverse"], "embedded", None, tmp_path, 0)
+    source, path = cfg.data[0]
+    hart = method_recipe(cfg, METHODS["hart_reverse"], source, path, tmp_path, 0)
     assert hart["hypernetwork"]["generator"] == {"name": "autoregressive", "reverse": True}
     assert hart["hypernetwork"]["regularizers"] == [{"name": "local_consistency", "alpha": plan.SCALES[scale].alpha}]
-    cfg.alpha = 10.0  # --alpha: every method with the regularizer, and only those
-    assert method_recipe(cfg, METHODS["hart"], "embedded", None, tmp_path, 0)["hypernetwork"]["regularizers"] == [
-        {"name": "local_consistency", "alpha": 10.0}]
-    assert method_recipe(cfg, METHODS["hypertuning_ar"], "embedded", None, tmp_path, 0)["hypernetwork"][
+    cfg.alpha = 3.0  # --alpha: every method with the regularizer, and only those
+    assert method_recipe(cfg, METHODS["hart"], source, path, tmp_path, 0)["hypernetwork"]["regularizers"] == [
+        {"name": "local_consistency", "alpha": 3.0}]
+    assert method_recipe(cfg, METHODS["hypertuning_ar"], source, path, tmp_path, 0)["hypernetwork"][
         "regularizers"] == []
 
 
@@ -257,6 +261,58 @@ def test_report_gives_every_control_its_gap_and_sd_and_states_the_caveat(tmp_pat
     report = write_report(results, tmp_path / "r.md", figures=False).read_text()
     assert "**Main caveat.** M0, the frozen main model every method starts from, is itself multi-task fine-tuned" in report
     assert "embedded: the FT baselines get 9 optimizer steps, the same as each hypernetwork" in report
+
+
+def test_the_real_scale_is_the_packaged_model_in_its_chat_template_with_the_rows_of_the_real_study(tmp_path):
+    cfg = StudyConfig(data=[("sni", str(tmp_path))], scale="smollm2")
+    scale = plan.SCALES["smollm2"]
+    row = lambda key: parse_recipe(method_recipe(cfg, METHODS[key], "sni", str(tmp_path), tmp_path, 0))  # noqa
+    hart, hart_alone, in_context = row("hart"), row("hart_no_fusion"), row("frozen_in_context")
+    for recipe in (hart, hart_alone, in_context):
+        assert recipe.main_model.name_or_path == "smollm2-135m-instruct" and recipe.data.prompt == "chat"
+        assert recipe.data.max_demo_length == 384 and recipe.evaluation.max_new_tokens == 32
+    assert hart.hypernetwork.fusion_in_decoder and not hart_alone.hypernetwork.fusion_in_decoder
+    assert hart.peft.name == "lora" and hart.peft.params["rank"] == scale.lora["rank"]
+    assert row("lora_few_shot").data.demos_in_input and row("lora_few_shot").hypernetwork.generator.name == \
+        "learned_states"
+    assert hart.training.steps == cfg.steps_for("sni").train and hart.training.max_grad_norm == 1.0
+    assert set(plan.FROZEN) <= set(scale.methods) and not any(METHODS[m].kind == "finetune" for m in scale.methods)
+    with pytest.raises(KeyError):  # the real scale has no profile for the embedded family
+        cfg.steps_for("embedded")
+    for bad in (["--data", "embedded"], ["--methods", "ft_few_shot,hart"]):
+        result = CliRunner().invoke(reproduce_cli(), ["--scale", "smollm2", "--quick", *bad,
+                                                      "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and result.output.startswith("error: --") and "Traceback" not in result.output
+        assert not (tmp_path / "out").exists()
+
+
+def reproduce_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_paired_comparisons_count_the_tasks_each_way_from_the_runs_per_task_scores(tmp_path):
+    from hypergen.reproduce.paired import paired, paired_table
+
+    def run(name: str, scores: dict[str, float]) -> dict:
+        folder = tmp_path / name / "eval"
+        folder.mkdir(parents=True)
+        (folder / "scores.json").write_text(json.dumps({"overall": {}, "per_task": {
+            task: {"rougeL": value, "exact_match": 0.0, "instances": 2} for task, value in scores.items()}}))
+        return {"run": str(folder.parent), "overall": {"rougeL": 0.0, "exact_match": 0.0, "instances": 2}}
+
+    runs = {"hart": {"0": run("h0", {"a": 10.0, "b": 5.0, "c": 1.0}), "1": run("h1", {"a": 20.0, "b": 5.0, "c": 1.2})},
+            "frozen_in_context": {"0": run("f0", {"a": 12.0, "b": 9.0, "c": 1.0, "d": 50.0})}}
+    # per task, HART's mean over seeds: a 15, b 5, c 1.1; against a 12, b 9, c 1.0 (d: HART has no score)
+    assert paired(runs, "hart", "frozen_in_context") == {"tasks": 3, "ahead": 1, "behind": 1, "tied": 1,
+                                                          "mean_difference": pytest.approx((3 - 4 + 0.1) / 3)}
+    assert paired(runs, "hart", "hypertuning") is None
+    assert paired_table(runs)[2].startswith("| HART vs Frozen model, in context") and "| 3 | 1 | 1 | 1 | -0.30 |" \
+        in paired_table(runs)[2]
 
 
 def test_the_full_study_chooses_alpha_from_the_papers_grid_unless_one_is_given():

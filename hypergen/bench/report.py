@@ -96,6 +96,21 @@ def format_table(result: dict[str, Any]) -> str:
         tp = entry["throughput"]
         lines.append(f"  {name:<{name_width}}{tp['examples_per_s']:>10.2f} examples/s ({tp['examples_per_step']} examples "
                      f"per step, {_ms(tp['step']['median_s'])} ms/step, peak {tp['peak_memory_mib']:.0f} MiB)")
+        if "utilisation" in tp:
+            lines.append(f"  {'':<{name_width}}{tp['flops_per_step'] / 1e9:>10.1f} GFLOP a step, "
+                         f"{tp['flops_per_s'] / 1e9:.1f} GFLOP/s = {tp['utilisation']:.0%} of the measured peak")
+    queries = result.get("queries")
+    if queries:
+        lines += ["", f"every query after adaptation ({queries['new_tokens']} new tokens, greedy, KV cache; "
+                  f"{len(queries['tasks'])} tasks):"]
+        for size in queries["batch_sizes"]:
+            key = f"batch_{size}"
+            ctx, own = queries["in_context"][key], queries["adapter"][key]
+            lines.append(f"  batch {size:>2}: in context {_ms(ctx['per_query_s'])} ms/query ({ctx['prompt_tokens']:.0f} "
+                         f"prompt tokens), adapter {_ms(own['per_query_s'])} ms/query ({own['prompt_tokens']:.0f}): "
+                         f"{queries['ratio'][key]:.2f}x (prompt ratio {queries['prompt_ratio'][key]:.2f}x)")
+    if result.get("cost_ratios"):
+        lines += ["", "cost ratios:"] + [f"  {k:<{ratio_width + 14}}{v:>10.3f}" for k, v in result["cost_ratios"].items()]
     lines.append(f"\nwall time {result['wall_s']:.1f} s")
     return "\n".join(lines)
 

@@ -11,7 +11,12 @@ Paths measured on the same frozen main model (see :mod:`hypergen.bench.setup` fo
   hypernetwork, or over HART without a run);
 * **peak memory** of each path (see :func:`~hypergen.bench.measure.memory_method`);
 * **depth scaling** (:mod:`~hypergen.bench.scaling`) of HART's autoregressive generator;
-* **training throughput** (:mod:`~hypergen.bench.throughput`) of each benched hypernetwork.
+* **training throughput** (:mod:`~hypergen.bench.throughput`) of each benched hypernetwork, with the step's
+  utilisation of the device's measured matmul throughput;
+* **every query after adaptation** (:mod:`~hypergen.bench.queries`): the adapter against the demos in context,
+  per-query latency and prompt tokens, batch of 1 and of 16;
+* ``cost_ratios``: adaptation / one LoRA step on the same demos, HART's training step / HyperTuning's, and the
+  per-query in-context / adapter ratios.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ..training.methods import HypernetMethod
 from .finetune import FT_METHODS, LORA_RANK, fine_tuning, hypernet_rouge
 from .latency import adapt, adaptation_latency
 from .measure import PeakMemory, memory_method
+from .queries import query_costs
 from .scaling import depth_scaling
 from .setup import DEPTH_SCALING, BenchConfig, Setup, build_setup, distinct, pick_tasks
 from .throughput import training_throughput
@@ -132,6 +138,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     for name, throughput in throughputs.items():
         hypernets[name]["throughput"] = throughput
         log(f"  {name}: training throughput {throughput['examples_per_s']:.2f} examples/s")
+    query_tasks = pick_tasks(setup.tasks, setup.preset.query_tasks)
+    queries = query_costs(setup, methods[setup.headline], query_tasks, setup.preset.query_batch,
+                          setup.preset.query_new_tokens)
+    result["queries"] = queries
+    log(f"  per query ({setup.headline}'s adapter vs in context, batch 1): {queries['adapter']['per_query_s']:.3f} s "
+        f"vs {queries['in_context']['per_query_s']:.3f} s ({queries['ratio']['batch_1']:.2f}x)")
     del methods, target
     gc.collect()
     result["hypernetworks"] = hypernets
@@ -161,6 +173,16 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         for name, entry in hypernets.items():
             ratios[f"{ft}/{name}"] = ft_entry["s_steps"]["median_s"] / entry["latency"]["median_s"]
     result["ratios"] = ratios
+    lora_step = finetunes["lora"]["step"]["median_s"]
+    costs = {f"adaptation_{name}/lora_step": entry["latency"]["median_s"] / lora_step
+             for name, entry in hypernets.items()}
+    if {"HART", "HyperTuning"} <= set(hypernets):
+        costs["step_HART/step_HyperTuning"] = (hypernets["HART"]["throughput"]["step"]["median_s"]
+                                               / hypernets["HyperTuning"]["throughput"]["step"]["median_s"])
+    for size in queries["batch_sizes"]:
+        costs[f"query_in_context/adapter_batch_{size}"] = queries["ratio"][f"batch_{size}"]
+        costs[f"prompt_tokens_in_context/adapter_batch_{size}"] = queries["prompt_ratio"][f"batch_{size}"]
+    result["cost_ratios"] = costs
     headline = ratios[f"lora/{setup.headline}"]
     result["headline"] = {
         "ratio": headline, "hypernetwork": setup.headline, "meaning": f"LoRA fine-tuning for {config.steps} steps "

@@ -23,7 +23,8 @@ from ..data.tasks import Task
 from ..errors import HypergenError
 from ..models.backbones import is_causal
 from ..models.main import load_main_model
-from ..recipe import FinetuneRecipe, HypernetRecipe, parse_recipe
+from ..builtin_recipes import builtin_recipe
+from ..recipe import FinetuneRecipe, HypernetRecipe, parse_recipe, read_recipe_dict
 from ..runs import build_hypernet_method, load_final, load_tasks, read_run, resolve_device
 from ..training.methods import HypernetMethod
 
@@ -33,6 +34,7 @@ REFERENCES: dict[str, dict[str, Any]] = {
     "HyperTuning": {"generator": {"name": "non_autoregressive"}, "regularizers": []},
 }
 DEPTH_SCALING = "HART"  # the reference whose generator's cost is measured against main-model depth
+REPOSITORY = Path(__file__).resolve().parents[2]  # where a built-in recipe's relative data path points from
 
 
 @dataclass
@@ -56,6 +58,10 @@ class SizePreset:
     lr_prefix: float = 1e-2
     max_new_tokens: int = 12
     ft_tasks: int = 2  # without --run: tasks fine-tuned (from scratch, S steps each) for the step timings
+    recipe: str | None = None  # a built-in recipe whose real main model, target and data the size benches instead
+    query_tasks: int = 2  # tasks whose queries are timed in context and with their adapter (hypergen.bench.queries)
+    query_batch: int = 16
+    query_new_tokens: int = 12
 
 
 SIZES: dict[str, SizePreset] = {
@@ -84,6 +90,12 @@ SIZES: dict[str, SizePreset] = {
         data=dict(num_positive=4, max_demo_length=64, max_input_length=32, max_target_length=16,
                   include_definition=False, demo_style="compact"),
         decoder_layers=2, prefix_length=8, fusion=False),
+    # the real model (issue 28): SmolLM2-135M-Instruct as recipes smollm2_*_sni.json use it (LoRA r=8 on q/v, k=4,
+    # sni-mini's Def+2Pos demos, chat prompt); the HART step at the recipe's batch (2 tasks x 4 queries)
+    "smollm2": SizePreset(
+        "smollm2", t5={}, data={}, decoder_layers=4, prefix_length=8, fusion=False, recipe="smollm2_hart_sni",
+        throughput_tasks=2, throughput_queries=4, throughput_steps=2, latency_warmup=1, recompute_max_depth=24,
+        depth_repeats=1, lr_lora=1e-3, ft_tasks=1, query_new_tokens=16),
 }
 
 
@@ -149,7 +161,16 @@ def reference_recipes(base: HypernetRecipe) -> dict[str, HypernetRecipe]:
 
 
 def size_recipe(preset: SizePreset, config: BenchConfig) -> HypernetRecipe:
-    """The recipe shape of ``preset`` (the HART reference's components), on the embedded tasks."""
+    """The recipe shape of ``preset`` (the HART reference's components), on the embedded tasks; or the preset's
+    built-in ``recipe`` (a real main model, its data folder found from the working directory or the repository)."""
+    if preset.recipe:
+        data = read_recipe_dict(builtin_recipe(preset.recipe))
+        path = Path(data["data"]["path"])
+        if not path.is_absolute() and not path.is_dir() and (REPOSITORY / path).is_dir():
+            data["data"]["path"] = str(REPOSITORY / path)
+        data["training"].update(seed=config.seed, device=config.device)
+        data["hypernetwork"].update(copy.deepcopy(REFERENCES["HART"]))
+        return parse_recipe(data, f"bench --size {preset.name} ({preset.recipe})")
     return parse_recipe({
         "description": f"hypergen bench --size {preset.name}: random-weight TinyT5 main model",
         "main_model": {"tiny": {**preset.t5, "seed": config.seed}},
@@ -172,7 +193,9 @@ def build_setup(config: BenchConfig) -> Setup:
     device = resolve_device(config.device, "--device")
     base = size_recipe(preset, config)
     main, tokenizer = load_main_model(base.main_model, device)
-    notes = ["random weights (no download); the ByT5 byte-level tokenizer supplies token ids"]
+    notes = ([f"the real {base.main_model.name_or_path} of the built-in {preset.recipe} recipe (its target, data "
+              "and prompt); HART and HyperTuning untrained (latency does not depend on the weights)"]
+             if preset.recipe else ["random weights (no download); the ByT5 byte-level tokenizer supplies token ids"])
     return Setup(preset.name, main, tokenizer, Collator(tokenizer, base.data, causal=is_causal(main)),
                  load_tasks(base, "test", tokenizer=tokenizer), device, preset, reference_recipes(base), "HART",
                  notes=notes)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.utils.flop_counter import FlopCounterMode
+
 from ..data.collate import Batch
 from ..data.tasks import Task
 from ..training.methods import HypernetMethod
+from ..training.utilisation import peak_flops
 from .measure import PeakMemory, summary, timed
 from .setup import Setup
 
@@ -33,15 +36,22 @@ def training_throughput(setup: Setup, methods: dict[str, HypernetMethod],
                         tasks: list[Task]) -> dict[str, dict[str, Any]]:
     """Examples/s of ``method.loss`` (adapted_forward's loss + regularizers) forward + backward through the hypernetwork.
 
-    One warm-up step per method (its peak memory is reported), then the methods' steps interleaved."""
+    One warm-up step per method (its peak memory is reported) and one counted step (its matrix products' FLOPs,
+    forward and backward, by torch's FlopCounterMode), then the methods' steps interleaved. ``utilisation``: the
+    step's FLOPs at the median step time over the device's dense fp32 matmul throughput (measured on a CPU)."""
     device = setup.device
     batch = throughput_batch(setup, tasks)
     memory: dict[str, float] = {}
+    flops: dict[str, float] = {}
     for name, method in methods.items():
         method.train()
         with PeakMemory(device) as probe:
             _train_step(method, batch, 0)
         memory[name] = probe.delta_mib
+        with FlopCounterMode(display=False) as counter:  # the step's matrix products, forward and backward
+            _train_step(method, batch, 0)
+        flops[name] = counter.get_total_flops()
+    peak, peak_source = peak_flops(device, bf16=False)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for step in range(setup.preset.throughput_steps):
         for name, method in methods.items():
@@ -53,6 +63,8 @@ def training_throughput(setup: Setup, methods: dict[str, HypernetMethod],
         results[name] = {"examples_per_step": batch.num_examples, "tasks_per_step": setup.preset.throughput_tasks,
                          "steps": len(times[name]), "step": summary(times[name]),
                          "examples_per_s": batch.num_examples / median, "peak_memory_mib": memory[name],
+                         "flops_per_step": flops[name], "flops_per_s": flops[name] / median,
+                         "utilisation": flops[name] / median / peak, "peak_flops": peak, "peak_source": peak_source,
                          "query_tokens_mean": float(batch.attention_mask.sum(1).float().mean()),
                          "target_tokens_mean": float((batch.labels != -100).sum(1).float().mean())}
     return results

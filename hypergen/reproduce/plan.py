@@ -18,9 +18,16 @@ input, so that it can read demonstrations as a pretrained model can). Then, per 
 * Table 5's first rows: HyperTuning-PT (a hypernetwork pre-trained on the training tasks' text, :func:`pretrain_recipe`,
   once per seed, then fine-tuned without fusion-in-decoder), then HyperTuning without pre-training nor fusion.
 
-The main caveat, which the report states: M0 is itself multi-task fine-tuned on the training tasks (no pretrained
-T5 can be had here), unlike the paper's pretrained LM, so every method starts from a model that has seen the
-training tasks, and the FT baselines continue a training M0 already had.
+The main caveat of those toy scales, which the report states: M0 is itself multi-task fine-tuned on the training
+tasks (no pretrained T5 can be had here), unlike the paper's pretrained LM, so every method starts from a model that
+has seen the training tasks, and the FT baselines continue a training M0 already had.
+
+The ``smollm2`` scale is the real one (issue 27): the frozen main model is SmolLM2-135M-Instruct (a packaged,
+pretrained, instruction-tuned LM; no M0 is trained), prompted in its chat template, on real S-NI tasks. Its rows:
+the frozen model itself (zero-shot, instruction, in context: what a user does without hypergen), multi-task LoRA
+on the in-context format, LoRA per task, and the hypernetworks, with and without the causal analogue of
+fusion-in-decoder (the hypernetwork's encoding of the demos as every layer's key/value prefix,
+:meth:`hypergen.models.families.base.Family.fused`).
 """
 
 from __future__ import annotations
@@ -44,13 +51,14 @@ class Method:
 
     key: str                      # folder name of its runs
     label: str                    # the row label in the tables
-    kind: str                     # "finetune" | "per_task" | "hypernet"
+    kind: str                     # "finetune" | "per_task" | "hypernet" | "frozen" (the main model alone)
     generator: dict[str, Any] | None = None
     consistency: bool = False
     few_shot: bool = False        # the demos in the main model's input
     peft: str | None = None       # per_task / hypernet: "prefix" or "lora" (hypernet default: prefix)
     fusion: bool = True           # hypernet: fusion-in-decoder
     pretrained: bool = False      # hypernet: starts from the seed's pre-trained hypernetwork (pretrain_recipe)
+    frozen: str | None = None     # frozen: the prompt (hypergen.evaluation.frozen.FROZEN_MODES)
 
 
 CONSISTENCY = {"name": "local_consistency"}  # alpha: the study's --alpha, else the scale's
@@ -66,6 +74,12 @@ METHODS: dict[str, Method] = {m.key: m for m in [
            consistency=True),
     Method("hypertuning_no_fusion", "HyperTuning w/o fusion-in-decoder", "hypernet", {"name": "non_autoregressive"},
            fusion=False),
+    Method("hart_no_fusion", "HART w/o fusion-in-decoder", "hypernet", {"name": "autoregressive"}, consistency=True,
+           fusion=False),
+    Method("frozen_zero_shot", "Frozen model, zero-shot (the query alone)", "frozen", frozen="zero_shot"),
+    Method("frozen_instruction", "Frozen model, instruction (definition + query)", "frozen", frozen="instruction"),
+    Method("frozen_in_context", "Frozen model, in context (definition + 2 examples + query)", "frozen",
+           frozen="in_context"),
     Method("ft_zero_shot", "FT-Zero-Shot", "finetune"),
     Method("ft_few_shot", "FT-Few-Shot", "finetune", few_shot=True),
     Method("prefix_few_shot", "Prefix-Tuning (multi-task, FT-Few-Shot)", "hypernet", LEARNED, few_shot=True,
@@ -78,9 +92,14 @@ METHODS: dict[str, Method] = {m.key: m for m in [
            pretrained=True),
 ]}
 # the order they run in: the headline comparison first, so a deadline cuts the least informative runs
-RUN_ORDER = list(METHODS)
-TABLE2 = ["ft_zero_shot", "ft_few_shot", "prefix_few_shot", "lora_few_shot", "prefix_tuning", "lora",
-          "hypertuning_pt", "hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_reverse"]
+FROZEN = ["frozen_zero_shot", "frozen_instruction", "frozen_in_context"]
+RUN_ORDER = FROZEN + [key for key in METHODS if key not in FROZEN]
+TABLE2 = [*FROZEN, "ft_zero_shot", "ft_few_shot", "prefix_few_shot", "lora_few_shot", "prefix_tuning", "lora",
+          "hypertuning_pt", "hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_no_fusion",
+          "hart_reverse"]
+# the per-task paired comparisons the report counts (how many held-out tasks go each way), where both ran
+PAIRS = [("hart", "hypertuning"), ("hart", "frozen_in_context"), ("hart_no_fusion", "hypertuning_no_fusion"),
+         ("hart_no_fusion", "frozen_in_context"), ("hart", "hart_no_fusion"), ("hart", "lora_few_shot")]
 # Table 5: (row label, method, autoregressive?, consistency?, fusion-in-decoder?)
 TABLE5 = [("HART", "hart", True, True, True), ("- local consistency", "hypertuning_ar", True, False, True),
           ("- autoregressive generation", "hart_no_ar", False, True, True),
@@ -92,7 +111,7 @@ TABLE5_PRETRAINING = [("HyperTuning-PT", "hypertuning_pt"), ("- continual pre-tr
 # the demos controls (hypergen.data.controls), run on every method that reads demos, and the results.json key of
 # each control's scores in a run's entry
 CONTROL = ["hypertuning", "hypertuning_ar", "hart", "hart_reverse", "hart_no_ar", "hypertuning_no_fusion",
-           "hypertuning_pt", "ft_few_shot", "prefix_few_shot", "lora_few_shot"]
+           "hart_no_fusion", "hypertuning_pt", "ft_few_shot", "prefix_few_shot", "lora_few_shot"]
 CONTROL_KEYS = {"other": "other_demos", "random": "random_demos", "none": "no_demos"}
 # Figure 3: without / with autoregressive generation; Figure 4: without / with local consistency
 FIGURE3 = ["hypertuning", "hypertuning_ar"]
@@ -115,6 +134,18 @@ class Scale:
     alpha: float = 1.0            # local consistency weight
     per_task_lr: dict[str, float] = field(default_factory=lambda: {"prefix": 1e-2, "lora": 1e-3})
     warmup_steps: int = 20
+    # a real pretrained main model instead of M0 (a packaged name, hub id or folder): nothing is trained before
+    # the methods, which then read ``data`` (overrides of the S-NI data section), ``lora`` (the LoRA rows'
+    # settings), their own ``profiles`` and, unless --methods says otherwise, ``methods``
+    main_model: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=lambda: {"rank": 8})
+    profiles: dict[str, dict[str, "Steps"]] | None = None
+    methods: tuple[str, ...] | None = None
+    control_seeds: int | None = None  # the demos controls on the first this many seeds (None: every seed)
+    training: dict[str, Any] = field(default_factory=dict)    # overrides of every run's training section
+    peft: str = "prefix"  # what the hypernetworks generate (a method's own ``peft`` wins)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # overrides of every run's evaluation section
 
 
 SCALES: dict[str, Scale] = {
@@ -150,7 +181,7 @@ VALIDATION_FRACTION = {"embedded": 0.02, "sni": 0.1}
 
 
 def data_section(source: str, path: str | None, eval_instances: int, validation: bool = False,
-                 demos_in_input: bool = False) -> dict[str, Any]:
+                 demos_in_input: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recipes' ``data`` section: the embedded family (compact x>y demos) or S-NI files (Def+2Pos); with
     ``validation``, a validation split held back from the training tasks (the same for every method); with
     ``demos_in_input``, a hypernetwork recipe's main model reads the demos before each query too."""
@@ -164,7 +195,7 @@ def data_section(source: str, path: str | None, eval_instances: int, validation:
                 **held_back}
     return {"source": "sni", "path": path, "num_positive": 2, "include_definition": True, "demo_style": "sni",
             "max_demo_length": 512, "max_input_length": 160, "max_target_length": 64, "queries_per_task": 4,
-            "eval_instances_per_task": eval_instances, **held_back}
+            "eval_instances_per_task": eval_instances, **held_back, **(overrides or {})}
 
 
 def max_new_tokens(source: str) -> int:
@@ -185,6 +216,24 @@ PROFILES: dict[str, dict[str, Steps]] = {
               "sni": Steps(main=150, train=100, finetune=100, per_task=10, eval_instances=8, pretrain=30)},
 }
 
+# the real model (issue 27): SmolLM2-135M-Instruct, the settings of the built-in smollm2_*_sni recipes (k = 4, LoRA
+# r = 8 on q/v with B generated as zero, lr 3e-4, batch 8 as 2 tasks x 4 queries, chat prompt). The full profile
+# is sized to ~3 h on this 2-core CPU with one data source (measured: a 40-step run with its evaluation ~5 min, each
+# demos control ~1 min); --quick checks every row in under 20 minutes and measures nothing.
+SCALES["smollm2"] = Scale(
+    "smollm2", {}, decoder_layers=4, prefix_length=8, batch_size=8, hyper_lr=3e-4, main_lr=3e-5, alpha=10.0,
+    per_task_lr={"lora": 1e-3, "prefix": 1e-2}, warmup_steps=4, main_model="smollm2-135m-instruct",
+    data={"max_demo_length": 384, "max_input_length": 192, "max_target_length": 48, "prompt": "chat"},
+    lora={"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]},
+    profiles={"full": {"sni": Steps(main=0, train=40, finetune=40, per_task=20, eval_instances=5, pretrain=20,
+                                    batch_size=8)},
+              "quick": {"sni": Steps(main=0, train=5, finetune=5, per_task=3, eval_instances=2, pretrain=3,
+                                     batch_size=8)}},
+    methods=("frozen_zero_shot", "frozen_instruction", "frozen_in_context", "hart", "hypertuning", "hart_no_fusion",
+             "hypertuning_no_fusion", "lora_few_shot", "lora", "hypertuning_ar", "hart_no_ar", "hart_reverse"),
+    control_seeds=1, training={"max_grad_norm": 1.0}, evaluation={"max_new_tokens": 32, "batch_size": 16},
+    peft="lora")
+
 
 @dataclass
 class StudyConfig:
@@ -201,14 +250,16 @@ class StudyConfig:
                                          # seed 0), the chosen alpha then used by every such method and seed;
                                          # "run": a sweep per method and seed
     device: str = "auto"
+    threads: int | None = None           # torch CPU threads of every run (None: torch's default)
     out: Path = Path("runs/reproduce")
     report: Path | None = None
     methods: list[str] = field(default_factory=lambda: list(RUN_ORDER))
     deadline_s: float | None = None      # start no run after this many seconds (the report says what was skipped)
+    controls: list[str] | None = None    # the methods whose demos controls run (None: every method in CONTROL)
     command: str = ""
 
     def steps_for(self, source: str) -> Steps:
-        base = PROFILES[self.profile][source]
+        base = (SCALES[self.scale].profiles or PROFILES)[self.profile][source]
         return Steps(main=self.main_steps or base.main, train=self.steps or base.train,
                      finetune=self.steps or base.finetune,
                      per_task=self.task_steps or base.per_task, eval_instances=base.eval_instances,
@@ -236,10 +287,12 @@ def data_label(source: str, path: str | None) -> str:
 # ------------------------------------------------------------------------------------------------ recipes
 
 
-def _training(scale: Scale, steps: int, lr: float, seed: int, device: str, batch_size: int) -> dict[str, Any]:
+def _training(scale: Scale, steps: int, lr: float, seed: int, device: str, batch_size: int,
+              threads: int | None = None) -> dict[str, Any]:
     return {"steps": steps, "batch_size": batch_size, "micro_batch_size": batch_size, "optimizer": "adamw",
             "lr": lr, "warmup_steps": min(scale.warmup_steps, steps // 10), "log_every": max(1, min(25, steps // 40)),
-            "checkpoint_every": max(steps // 3, 1), "seed": seed, "device": device}
+            "checkpoint_every": max(steps // 3, 1), "seed": seed, "device": device, **scale.training,
+            **({"threads": threads} if threads else {})}
 
 
 def _batch(source: str, scale: Scale, steps: Steps) -> int:
@@ -255,40 +308,44 @@ def main_recipe(cfg: StudyConfig, source: str, path: str | None) -> dict[str, An
             "description": "The reproduction study's stand-in for a pretrained main model (M0).",
             "main_model": {"tiny": dict(scale.t5)}, "few_shot": False, "train_demos_fraction": 0.5,
             "data": data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None),
-            "training": _training(scale, steps.main, scale.main_lr, 0, cfg.device, _batch(source, scale, steps)),
+            "training": _training(scale, steps.main, scale.main_lr, 0, cfg.device, _batch(source, scale, steps),
+                                  cfg.threads),
             "evaluation": {"max_new_tokens": max_new_tokens(source), "batch_size": 32}}
 
 
 def method_recipe(cfg: StudyConfig, method: Method, source: str, path: str | None, main_model_dir: Path,
                   seed: int, alpha: float | None = None) -> dict[str, Any]:
-    """The recipe of a 'finetune' or 'hypernet' method, on M0 (``main_model_dir``); a ``pretrained`` method starts
+    """The recipe of a 'finetune', 'hypernet' or 'frozen' method, on M0 (``main_model_dir``) or the scale's real
+    ``main_model`` (a 'frozen' method's recipe is the one its baseline is drawn from); a ``pretrained`` method starts
     from the seed's :func:`pretrain_recipe` run (:func:`pretrain_run_dir`). ``alpha``: the local consistency
     weight (default: ``cfg.alpha``, else the scale's), e.g. the one a data source's sweep chose."""
     scale, steps = SCALES[cfg.scale], cfg.steps_for(source)
-    common = {"main_model": {"name_or_path": str(main_model_dir)},
-              "data": data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None),
-              "evaluation": {"max_new_tokens": max_new_tokens(source), "batch_size": 32}}
-    if method.kind == "finetune":
+    common = {"main_model": {"name_or_path": scale.main_model or str(main_model_dir)},
+              "data": data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None,
+                                   overrides=scale.data),
+              "evaluation": {"max_new_tokens": max_new_tokens(source), "batch_size": 32, **scale.evaluation}}
+    if method.kind in ("finetune", "frozen", "per_task"):
         return {"kind": "finetune", "description": f"{method.label} (reproduction study)", "few_shot": method.few_shot,
                 **common, "training": _training(scale, steps.finetune, scale.main_lr, seed, cfg.device,
-                                                _batch(source, scale, steps))}
+                                                _batch(source, scale, steps), cfg.threads)}
     if method.kind != "hypernet":
         raise ValueError(f"{method.key}: no recipe for kind {method.kind!r}")
     if alpha is None:
         alpha = scale.alpha if cfg.alpha is None else cfg.alpha
     regularizers = [{**CONSISTENCY, "alpha": alpha}] if method.consistency else []
-    peft = {"name": "lora", "rank": LORA_RANK} if method.peft == "lora" else \
+    peft = {"name": "lora", **scale.lora} if (method.peft or scale.peft) == "lora" else \
         {"name": "prefix", "length": scale.prefix_length}
     init_from = {"init_from": str(pretrain_run_dir(main_model_dir, seed))} if method.pretrained else {}
     if method.few_shot:
-        common["data"] = data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None, True)
+        common["data"] = data_section(source, path, steps.eval_instances, cfg.alpha_grid is not None, True,
+                                      overrides=scale.data)
     return {"description": f"{method.label} (reproduction study)", **common,
             "hypernetwork": {"decoder_layers": scale.decoder_layers, "fusion_in_decoder": method.fusion,
                              "generator": dict(method.generator), "projector": {"name": "layerwise_mlp"},
                              "regularizers": regularizers, **init_from},
             "peft": peft,
             "training": _training(scale, steps.train, scale.hyper_lr, seed, cfg.device,
-                                  _batch(source, scale, steps))}
+                                  _batch(source, scale, steps), cfg.threads)}
 
 
 # the pre-training window per data source (tokens: c1, c2, c3, c4); an embedded task's text is ~150-300 bytes
@@ -311,4 +368,4 @@ def pretrain_recipe(cfg: StudyConfig, source: str, path: str | None, main_model_
     return {**recipe, "kind": "pretrain", "description": f"{method.label}: pre-training (reproduction study)",
             "pretrain": {"chunk_lengths": CHUNK_LENGTHS[source]},
             "training": _training(scale, steps.pretrain, scale.hyper_lr, seed, cfg.device,
-                                  _batch(source, scale, steps))}
+                                  _batch(source, scale, steps), cfg.threads)}

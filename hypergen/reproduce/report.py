@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
-from .plan import CONTROL, CONTROL_KEYS, FIGURE3, FIGURE4, METHODS, TABLE2, TABLE5, TABLE5_PRETRAINING
+from .paired import paired_table, scatter
+from .plan import CONTROL, CONTROL_KEYS, FIGURE3, FIGURE4, METHODS, SCALES, TABLE2, TABLE5, TABLE5_PRETRAINING
 
 LOSS_WINDOW = 10  # logged points per window of the loss variance (see hypergen.plots.loss.loss_variance)
 
@@ -39,7 +40,8 @@ def table2(runs: dict[str, Any]) -> list[str]:
                      f"{main['rougeL']:.2f} | – |")
     for key in TABLE2:
         em, rl = _values(runs, key, "exact_match"), _values(runs, key, "rougeL")
-        lines.append(f"| {METHODS[key].label} | {mean_sd(em)} | {mean_sd(rl)} | {len(rl)} |")
+        if rl or not key.startswith("frozen"):  # the frozen rows belong to the real scale's study
+            lines.append(f"| {METHODS[key].label} | {mean_sd(em)} | {mean_sd(rl)} | {len(rl)} |")
     return lines
 
 
@@ -156,16 +158,21 @@ def findings(runs: dict[str, Any]) -> list[str]:
         out.append(f"- {METHODS[a].label} is {verdict} {METHODS[b].label} ({rl[a]:.2f} vs {rl[b]:.2f} ROUGE-L){what}")
 
     compare("hart", "hypertuning", "; the paper reports HART above HyperTuning.")
+    compare("hart", "frozen_in_context", ": the generated adapter against the demos in the prompt.")
+    compare("hart_no_fusion", "hypertuning_no_fusion", ": HART against HyperTuning, both without fusion.")
+    compare("hart_no_fusion", "frozen_in_context", ": the adapter alone (no fusion) against the demos in the prompt.")
+    compare("hart", "hart_no_fusion", ": the effect of fusion on HART.")
     compare("hypertuning_ar", "hypertuning", ": the effect of autoregressive generation alone.")
     compare("hart", "hypertuning_ar", ": the effect of local consistency on top of it.")
     compare("hart", "hart_reverse", ": generating the layers bottom-up (the paper's order) versus top-down.")
     compare("hypertuning", "hypertuning_no_fusion", ": the effect of fusion-in-decoder.")
     compare("hart", "prefix_few_shot", "; the paper reports the hypernetworks above multi-task Prefix-Tuning.")
     compare("prefix_few_shot", "ft_few_shot", ": one prefix over all training tasks versus fine-tuning M0 itself.")
-    hypernets = [k for k in ("hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_reverse")
+    hypernets = [k for k in ("hypertuning", "hypertuning_no_fusion", "hypertuning_ar", "hart", "hart_no_fusion",
+                             "hart_no_ar", "hart_reverse") if not math.isnan(rl[k])]
+    baselines = [k for k in ("frozen_zero_shot", "frozen_instruction", "frozen_in_context", "prefix_few_shot",
+                             "lora_few_shot", "prefix_tuning", "lora", "ft_zero_shot", "ft_few_shot")
                  if not math.isnan(rl[k])]
-    baselines = [k for k in ("prefix_few_shot", "lora_few_shot", "prefix_tuning", "lora", "ft_zero_shot",
-                             "ft_few_shot") if not math.isnan(rl[k])]
     if hypernets and baselines:
         best = max(hypernets, key=rl.get)
         above = [METHODS[k].label for k in baselines if rl[k] < rl[best]]
@@ -252,12 +259,22 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
              f"Steps: {config['steps']}  ",
              f"Scale: {config['scale_settings']}", "",
              "Scores are on held-out tasks (exact match and ROUGE-L, 0-100; mean ± sample standard deviation over "
-             "seeds). All methods share one frozen main model M0 and the same evaluation instances.", "",
-             "**Main caveat.** M0, the frozen main model every method starts from, is itself multi-task fine-tuned "
-             "on the training tasks (no pretrained T5 can be had here), unlike the paper's pretrained LM. Every "
-             "method therefore starts from a model that has already been trained on these tasks, and the FT "
-             "baselines continue a training M0 already had; the gaps between methods are not the paper's gaps "
-             "between methods on a pretrained model.", ""] + _steps_note(config)
+             "seeds). All methods share one frozen main model and the same evaluation instances.", ""]
+    real = getattr(SCALES.get(config.get("scale")), "main_model", None)
+    if real:
+        lines += [f"**The real model.** The frozen main model is {real}, pretrained "
+                  "and instruction-tuned, read in its chat template; no M0 is trained. The frozen rows are the "
+                  "model alone: the query only, the task definition then the query, and the definition with two "
+                  "positive examples then the query (in context: what a user would do without hypergen). Fusion "
+                  "here is the causal analogue: the hypernetwork's encoding of the demos as a key/value prefix of "
+                  "every layer.", ""]
+    else:
+        lines += ["**Main caveat.** M0, the frozen main model every method starts from, is itself multi-task "
+                  "fine-tuned on the training tasks (no pretrained T5 can be had here), unlike the paper's "
+                  "pretrained LM. Every method therefore starts from a model that has already been trained on "
+                  "these tasks, and the FT baselines continue a training M0 already had; the gaps between methods "
+                  "are not the paper's gaps between methods on a pretrained model. This toy study checks the "
+                  "mechanics; the real-model study is --scale smollm2.", ""] + _steps_note(config)
     if results.get("skipped"):
         groups: dict[str, list[str]] = {}
         for skipped in results["skipped"]:
@@ -277,6 +294,10 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
                   "list), with random tokens of the same length as its demos, and with no demos "
                   "(`hypergen eval --control other|random|none`). A method that adapts to the demos should drop "
                   "under each; the gap is own minus control ROUGE-L, its sd over seeds.", ""] + control_table(runs)
+        if paired_table(runs):
+            lines += ["", "### Per held-out task: paired comparisons", "",
+                      "ROUGE-L per task, averaged over each method's seeds; a difference under 0.5 is a tie.", ""]
+            lines += paired_table(runs)
         lines += ["", "### Findings (read off the numbers above)", ""] + findings(runs)
         if figures:
             fig_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +307,9 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
             lines += _figure(runs, FIGURE4, fig_dir / f"{label}-fig4-consistency.png", "Figure 4 analogue")
             lines += ["", "### Figure 1 analogue: HyperTuning's self-attention over the per-layer states", ""]
             lines += _attention(runs, fig_dir / f"{label}-fig1-attention.png")
+            if "frozen_in_context" in runs and "hart" in runs:
+                lines += ["", "### HART against in-context learning, per held-out task", ""]
+                lines += scatter(runs, "hart", "frozen_in_context", fig_dir / f"{label}-hart-vs-in-context.png")
         lines.append("")
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report

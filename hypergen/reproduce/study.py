@@ -21,7 +21,7 @@ from ..errors import HypergenError
 from ..io import atomic_write_json, atomic_write_text
 from ..recipe import parse_recipe
 from ..runs import resolve_device
-from .plan import CONTROL, CONTROL_KEYS, LORA_RANK, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, \
+from .plan import CONTROL, CONTROL_KEYS, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, \
     main_recipe, method_recipe, max_new_tokens, pretrain_recipe, pretrain_run_dir, SCALES
 
 
@@ -46,7 +46,7 @@ class Study:
         cfg = self.cfg
         return {"name": cfg.name, "scale": cfg.scale, "profile": cfg.profile, "seeds": cfg.seeds,
                 "data": [list(d) for d in cfg.data], "methods": cfg.methods, "device": cfg.device,
-                "command": cfg.command,
+                "command": cfg.command, **({"controls": cfg.controls} if cfg.controls is not None else {}),
                 "steps": {data_label(*d): cfg.steps_for(d[0]).__dict__ for d in cfg.data},
                 "scale_settings": SCALES[cfg.scale].__dict__,
                 **({"alpha": cfg.alpha} if cfg.alpha is not None else {}),
@@ -57,19 +57,28 @@ class Study:
         import torch
 
         self.results["device"] = _device_name(self.cfg.device, torch)
+        scale = SCALES[self.cfg.scale]
         for source, path in self.cfg.data:
             label = data_label(source, path)
             folder = self.root / label
-            if self._expired(label, "main", 0):
+            if scale.main_model:  # a real pretrained main model: nothing to train first
+                main_dir = folder / "main"
+            elif self._expired(label, "main", 0):
                 continue
-            main_dir = self._trained(label, "main", 0, main_recipe(self.cfg, source, path), folder / "main")
+            else:
+                main_dir = self._trained(label, "main", 0, main_recipe(self.cfg, source, path), folder / "main")
             for seed in range(self.cfg.seeds):
                 for key in self.cfg.methods:
                     method = METHODS[key]
+                    if method.kind == "frozen" and seed > 0:  # deterministic: one evaluation
+                        continue
                     if self._expired(label, key, seed):
                         continue
+                    if method.kind == "frozen":
+                        self._frozen(label, method, source, path, folder, main_dir / "model")
+                        continue
                     if method.kind == "per_task":
-                        self._per_task(label, method, seed, source, folder, main_dir / "model")
+                        self._per_task(label, method, seed, source, path, folder, main_dir / "model")
                         continue
                     if method.pretrained:  # the seed's pre-training (once: read back after), where the recipe reads it
                         self._trained(label, "pretrain", seed, pretrain_recipe(self.cfg, source, path,
@@ -86,7 +95,8 @@ class Study:
                         if alpha is not None:
                             self._entry(label, key, seed)["alpha"] = alpha
                         run_dir = self._trained(label, key, seed, recipe, folder / f"{key}-s{seed}")
-                    if key in CONTROL:
+                    controlled = CONTROL if self.cfg.controls is None else self.cfg.controls
+                    if key in controlled and (scale.control_seeds is None or seed < scale.control_seeds):
                         self._control(label, key, seed, run_dir)
         self._save()
         return self.results
@@ -195,19 +205,53 @@ class Study:
             self.log(f"  control {control}: {_scores_line(entry[result_key])}")
         self._save()
 
+    def _frozen(self, label: str, method: Method, source: str, path: str | None, folder: Path,
+                model_dir: Path) -> None:
+        """The frozen main model alone in ``method.frozen``'s prompt (``hypergen eval --frozen``), on the same
+        held-out instances as every other row; deterministic, so under seed 0 only."""
+        from ..evaluation.frozen import FROZEN_MARKER, evaluate_frozen
+
+        run_dir = folder / f"{method.key}-s0"
+        recipe = method_recipe(self.cfg, method, source, path, model_dir, 0)
+        recipe_file = folder / "recipes" / f"{run_dir.name}.json"
+        resolved = json.loads(parse_recipe(recipe, str(recipe_file)).model_dump_json())
+        scores_file, stored = run_dir / "eval" / "scores.json", run_dir / "recipe.json"
+        entry = self._entry(label, method.key, 0)
+        same = stored.is_file() and json.loads(stored.read_text()) == resolved and (run_dir / FROZEN_MARKER).is_file()
+        if same and scores_file.is_file():
+            self.log(f"{label} {method.key}: finished before, read back from {run_dir}")
+        else:
+            if run_dir.exists() and not self.fresh and not same:
+                raise HypergenError(f"{run_dir}: holds a run of other settings than this study's; pass --fresh to "
+                                    f"redo it, or choose another --out")
+            atomic_write_text(recipe_file, json.dumps(recipe, indent=2) + "\n")
+            self.log(f"{label} {method.key}: the frozen main model, {method.frozen} -> {run_dir}")
+            started = time.perf_counter()
+            evaluate_frozen(parse_recipe(recipe, str(recipe_file)), method.frozen, run_dir,
+                            {"recipe": str(recipe_file)}, progress=False,
+                            device=resolve_device(self.cfg.device, "--device"))
+            entry["wall_s"] = time.perf_counter() - started
+        entry["run"] = str(run_dir)
+        entry["overall"] = json.loads(scores_file.read_text())["overall"]
+        self.log(f"  {_scores_line(entry['overall'])}" + (f" ({entry['wall_s']:.0f} s)" if "wall_s" in entry else ""))
+        self._save()
+
     # --------------------------------------------------------------------------- per-task backprop baselines
-    def _per_task(self, label: str, method: Method, seed: int, source: str, folder: Path, model_dir: Path) -> None:
-        """Prefix-Tuning / LoRA: fresh parameters per held-out task, trained on its demos, on M0 (frozen)."""
+    def _per_task(self, label: str, method: Method, seed: int, source: str, path: str | None, folder: Path,
+                  model_dir: Path) -> None:
+        """Prefix-Tuning / LoRA: fresh parameters per held-out task, trained on its demos, on M0 or the scale's real
+        main model (frozen)."""
         from ..baselines import tune_and_predict
         from ..evaluation.metrics import score_predictions
         from ..models.main import freeze
-        from ..runs import load_final, load_tasks
+        from ..runs import assemble, load_final, load_tasks
 
         run_dir = folder / f"{method.key}-s{seed}"
         scale, steps = SCALES[self.cfg.scale], self.cfg.steps_for(source)
         settings = {"kind": "per_task", "peft": method.peft, "steps": steps.per_task, "seed": seed,
-                    "lr": scale.per_task_lr[method.peft], "prefix_length": scale.prefix_length, "lora_rank": LORA_RANK,
-                    "main_model": str(model_dir), "eval_instances": steps.eval_instances}
+                    "lr": scale.per_task_lr[method.peft], "prefix_length": scale.prefix_length,
+                    "lora_rank": scale.lora["rank"], "main_model": scale.main_model or str(model_dir),
+                    "eval_instances": steps.eval_instances}
         scores_file = run_dir / "eval" / "scores.json"
         settings_file = run_dir / "per_task.json"
         entry = self._entry(label, method.key, seed)
@@ -216,7 +260,9 @@ class Study:
         else:
             self.log(f"{label} {method.key} s{seed}: {steps.per_task} backprop steps per held-out task -> {run_dir}")
             started = time.perf_counter()
-            assembled = load_final(model_dir.parent, resolve_device(self.cfg.device, "--device"))
+            device = resolve_device(self.cfg.device, "--device")
+            assembled = assemble(parse_recipe(method_recipe(self.cfg, method, source, path, model_dir, seed)),
+                                 device) if scale.main_model else load_final(model_dir.parent, device)
             main = assembled.method.module
             freeze(main)
             tasks = load_tasks(assembled.recipe, "test")
@@ -224,8 +270,9 @@ class Study:
             for index, task in enumerate(tasks):
                 records += tune_and_predict(main, assembled.collator, task, method.peft, steps.per_task,
                                             settings["lr"], 1000 * seed + index, steps.eval_instances,
-                                            max_new_tokens(source), 32, assembled.device,
-                                            prefix_length=scale.prefix_length)
+                                            assembled.recipe.evaluation.max_new_tokens,
+                                            assembled.recipe.evaluation.batch_size, assembled.device,
+                                            prefix_length=scale.prefix_length, lora_rank=scale.lora["rank"])
             scores = score_predictions(records)
             atomic_write_text(run_dir / "eval" / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             atomic_write_json(scores_file, scores)
