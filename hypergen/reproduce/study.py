@@ -13,6 +13,7 @@ again with the same settings: finished runs are read back, an interrupted one re
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +49,7 @@ class Study:
                 "data": [list(d) for d in cfg.data], "methods": cfg.methods, "device": cfg.device,
                 "command": cfg.command, **({"controls": cfg.controls} if cfg.controls is not None else {}),
                 "steps": {data_label(*d): cfg.steps_for(d[0]).__dict__ for d in cfg.data},
-                "scale_settings": SCALES[cfg.scale].__dict__,
+                "scale_settings": asdict(SCALES[cfg.scale]),
                 **({"alpha": cfg.alpha} if cfg.alpha is not None else {}),
                 **({"alpha_grid": list(cfg.alpha_grid), "alpha_select": cfg.alpha_select} if cfg.alpha_grid else {})}
 
