@@ -129,6 +129,8 @@ def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_sel
     if unknown:
         raise HypergenError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(RUN_ORDER)}")
     real = SCALES[scale].main_model is not None
+    # the run order: the scale's own (its headline rows first, so a deadline cuts the least informative), then the rest
+    order = list(dict.fromkeys([*(SCALES[scale].methods or ()), *RUN_ORDER]))
     if real and any(METHODS[m].kind == "finetune" for m in chosen):
         raise HypergenError(f"--methods: the {scale} scale fine-tunes no main model (FT-Zero-Shot / FT-Few-Shot "
                             "rows are the toy scales')")
@@ -137,7 +139,7 @@ def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_sel
                       task_steps=task_steps, alpha=alpha, alpha_grid=_alpha_grid(alpha_grid, alpha, quick),
                       alpha_select=alpha_select,
                       device=device, threads=threads,
-                      out=Path(out), methods=[m for m in RUN_ORDER if m in chosen],
+                      out=Path(out), methods=[m for m in order if m in chosen],
                       deadline_s=None if deadline_min is None else 60 * deadline_min,
                       controls=["hart"] if quick and real else None,  # --quick: the controls' mechanics, once
                       command="python " + " ".join(shlex.quote(a) for a in sys.argv))

@@ -15,7 +15,8 @@ folder beside the target, then renamed)::
                                    dtype, demo_style and prompt: which prompt a causal LM's queries are written
                                    in, "plain" or "chat", data.prompt as the run resolved it) and where the
                                    adapter came from (run, task, demos_sha256, peft)
-    FOLDER/fusion.safetensors      ("states": n_d x d_h, "mask": n_d) the hypernetwork encoder's output for the
+    FOLDER/fusion.safetensors      ("states": n_d x d_h, "mask": n_d, and a causal LM's "gate": L per-layer fusion
+                                   gates) the hypernetwork encoder's output for the
                                    demos, when the run used fusion-in-decoder (the main decoder cross-attends to
                                    it). peft knows nothing of it, so peft alone reproduces only the LoRA part of
                                    such a run; ``hypergen predict`` uses both.
@@ -152,6 +153,7 @@ class Adapter:
     params: dict[str, torch.Tensor]            # {group: 1 x L x rows x width}
     fusion_states: torch.Tensor | None = None  # 1 x n_d x d_h
     fusion_mask: torch.Tensor | None = None    # 1 x n_d
+    fusion_gate: torch.Tensor | None = None    # L (a causal LM's fusion, Family.fused)
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -164,12 +166,15 @@ class Adapter:
         states = self.fusion_states if self.fusion else torch.zeros(1, 0, 1, device=device)  # unused without fusion
         mask = self.fusion_mask if self.fusion else torch.zeros(1, 0, dtype=torch.long, device=device)
         index = torch.zeros(batch, dtype=torch.long, device=states.device)
-        return TaskParameters(self.params, states, mask, None).select(index)  # type: ignore[arg-type]
+        return TaskParameters(self.params, states, mask, None,  # type: ignore[arg-type]
+                              fusion_gate=self.fusion_gate).select(index)
 
     def to(self, device) -> "Adapter":
         self.params = {k: v.to(device) for k, v in self.params.items()}
         if self.fusion:
             self.fusion_states, self.fusion_mask = self.fusion_states.to(device), self.fusion_mask.to(device)
+        if self.fusion_gate is not None:
+            self.fusion_gate = self.fusion_gate.to(device)
         return self
 
     @torch.no_grad()
@@ -189,32 +194,35 @@ def load_adapter(folder: str | Path, main_model: nn.Module) -> Adapter:
     folder = Path(folder)
     target_class, config, settings = read_adapter_config(folder)
     target, params = target_class.load(folder, config, main_model)
-    states = mask = None
+    states = mask = gate = None
     if settings.get("fusion_in_decoder"):
         fusion_file = folder / FUSION_WEIGHTS
         fusion = read_safetensors(fusion_file, "fusion-in-decoder states of the adapter")
-        if set(fusion) != {"states", "mask"} or fusion["states"].dim() != 2:
-            raise HypergenError(f"{fusion_file}: expected 'states' (n_d x d_h) and 'mask' (n_d)")
+        if not {"states", "mask"} <= set(fusion) <= {"states", "mask", "gate"} or fusion["states"].dim() != 2:
+            raise HypergenError(f"{fusion_file}: expected 'states' (n_d x d_h), 'mask' (n_d) and optionally 'gate' "
+                                "(one per layer)")
         width = main_model.get_input_embeddings().embedding_dim  # d_model (T5), hidden_size (a causal LM)
         if fusion["states"].shape[1] != width:
             raise HypergenError(f"{fusion_file}: states have width {fusion['states'].shape[1]}, but the main model "
                                 f"has width {width} (an adapter from another main model?)")
-        states, mask = fusion["states"][None], fusion["mask"][None]
+        states, mask, gate = fusion["states"][None], fusion["mask"][None], fusion.get("gate")
     target.prepare(main_model)
     device = next(main_model.parameters()).device
     dtype = next(main_model.parameters()).dtype
     adapter = Adapter(folder, target_class.adapter_format, target, {k: v.to(dtype) for k, v in params.items()},
-                      None if states is None else states.to(dtype), mask, settings)
+                      None if states is None else states.to(dtype), mask,
+                      None if gate is None else gate.float(), settings)
     return adapter.to(device)
 
 
 def write_adapter(folder: Path, target: PEFTTarget, params: dict[str, torch.Tensor], main_model: nn.Module,
-                  base_model_name_or_path: str | None, fusion: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  base_model_name_or_path: str | None, fusion: tuple[torch.Tensor, ...] | None = None,
                   settings: dict[str, Any] | None = None) -> None:
     """Write one task's ``params`` ({group: num_layers x rows x width}) into ``folder`` (created if needed): the
     target's own files and config (``target.export``), then the fusion states and ``hypergen_adapter.json``.
 
-    ``fusion``: (states n_d x d_h, mask n_d) of the hypernetwork encoder, for runs with fusion-in-decoder.
+    ``fusion``: (states n_d x d_h, mask n_d[, gate L]) of the hypernetwork encoder, for runs with fusion-in-decoder
+    (the gate: a causal LM's, per main-model layer)
     """
     folder = Path(folder)
     name = registered_name(target)
@@ -222,8 +230,10 @@ def write_adapter(folder: Path, target: PEFTTarget, params: dict[str, torch.Tens
     config = target.export(folder, params, main_model, base_model_name_or_path, fusion is not None)
     atomic_write_json(folder / ADAPTER_CONFIG, config)
     if fusion is not None:
-        states, mask = fusion
-        atomic_save_tensors(folder / FUSION_WEIGHTS, {"states": states.detach().float(), "mask": mask.detach()})
+        tensors = {"states": fusion[0].detach().float(), "mask": fusion[1].detach()}
+        if len(fusion) > 2 and fusion[2] is not None:
+            tensors["gate"] = fusion[2].detach().float()
+        atomic_save_tensors(folder / FUSION_WEIGHTS, tensors)
     meta = {"hypergen_adapter": target.adapter_format, "peft_target": name, **DEFAULT_SETTINGS, **(settings or {}),
             "fusion_in_decoder": fusion is not None}
     atomic_write_json(folder / SETTINGS, meta)
@@ -260,7 +270,8 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
     else:
         task_params, text = parameters, assembled.collator.demos(task)
     params = {k: v[0] for k, v in task_params.params.items()}
-    fusion = (task_params.encoder_states[0], task_params.encoder_mask[0]) if method.fusion else None
+    fusion = (task_params.encoder_states[0], task_params.encoder_mask[0], task_params.fusion_gate) if method.fusion \
+        else None
     final = out.resolve()
     if recipe.main_model.tiny is not None:
         base = str(final / BASE_MODEL_DIR)

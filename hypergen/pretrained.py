@@ -262,7 +262,8 @@ def _one_task(generated, index: int):
     mask = generated.encoder_mask[index]
     length = int(mask.nonzero().max()) + 1 if bool(mask.any()) else mask.shape[0]
     return TaskParameters({k: v[index:index + 1] for k, v in generated.params.items()},
-                          generated.encoder_states[index:index + 1, :length], mask[None, :length], None)
+                          generated.encoder_states[index:index + 1, :length], mask[None, :length], None,
+                          fusion_gate=generated.fusion_gate)
 
 
 def _as_task(demos, where: str, name: str, definition: str | None) -> Task:

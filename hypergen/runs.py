@@ -161,7 +161,8 @@ def build_hypernet_method(recipe: HypernetRecipe, main_model, device) -> Hyperne
     check_target_generates(recipe, groups)
     try:
         torch.manual_seed(recipe.training.seed)
-        hypernet = HyperNetwork(main_model, generator, projector, groups, hyper.decoder_layers, hyper.init_from_main)
+        hypernet = HyperNetwork(main_model, generator, projector, groups, hyper.decoder_layers, hyper.init_from_main,
+                                fusion_gate=hyper.fusion_in_decoder and is_causal(main_model))
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
     except RecipeError as exc:

@@ -62,8 +62,9 @@ class TaskAdapter:
                     "num_beams": recipe.evaluation.num_beams}
         states = self.parameters.encoder_states.to(dtype) if self.fusion else None
         mask = self.parameters.encoder_mask if self.fusion else None
+        gate = self.parameters.fusion_gate if self.fusion else None
         return Adapter(None, self.kind, method.target, {k: v.to(dtype) for k, v in self.parameters.params.items()},
-                       states, mask, settings)
+                       states, mask, None if gate is None else gate.detach(), settings)
 
     def generate(self, queries: list[str], batch_size: int = 16, max_new_tokens: int | None = None,
                  num_beams: int | None = None) -> list[str]:

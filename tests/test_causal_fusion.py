@@ -102,3 +102,55 @@ def test_a_causal_run_with_fusion_trains_and_its_adapter_predicts_as_eval(tmp_pa
     assert result.exit_code == 0, result.output
     got = [json.loads(line)["prediction"] for line in result.stdout.splitlines()]
     assert got == [r["prediction"] for r in expected]
+
+
+def test_a_gated_fusion_adds_tanh_g_times_attention_over_the_demos_alone():
+    from hypergen.models.prefix_attention import _FUSION, prefix_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 3, 8, generator=g) for _ in range(3))  # B x H x q x d
+    fused_keys, fused_values = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(2))  # 2 key/value heads
+    keep = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    causal = torch.full((3, 3), float("-inf")).triu(1)[None, None]
+    module = torch.nn.Module()
+    module._hypergen_prefix_attention = lambda m, q, k, v, mask, scaling=None, dropout=0.0, **kw: (  # eager
+        (torch.softmax(q @ k.transpose(-1, -2) * scaling + mask, -1) @ v).transpose(1, 2).contiguous(), None)
+    alone, _ = prefix_attention_forward(module, query, key, value, causal, scaling=0.3)
+    setattr(module, _FUSION, (fused_keys, fused_values, keep, torch.tensor(0.7)))
+    fused, _ = prefix_attention_forward(module, query, key, value, causal, scaling=0.3)
+    expected = []
+    for b in range(2):
+        n = int(keep[b].sum())
+        k = fused_keys[b, :, :n].repeat_interleave(2, dim=0)  # head h reads key/value head h // 2
+        v = fused_values[b, :, :n].repeat_interleave(2, dim=0)
+        expected.append((torch.softmax(query[b] @ k.transpose(-1, -2) * 0.3, -1) @ v).transpose(0, 1))
+    torch.testing.assert_close(fused, alone + torch.tanh(torch.tensor(0.7)) * torch.stack(expected))
+    setattr(module, _FUSION, (fused_keys, fused_values, keep, torch.tensor(0.0)))  # a closed gate: no change
+    torch.testing.assert_close(prefix_attention_forward(module, query, key, value, causal, scaling=0.3)[0], alone)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_a_fresh_hypernetwork_with_fusion_starts_as_the_frozen_model_and_one_step_opens_its_gate(architecture):
+    from hypergen.models.adapted import adapted_forward
+    from hypergen.recipe import parse_recipe
+    from hypergen.runs import build_hypernet_method
+
+    kv = {} if architecture == "gpt2" else {"num_key_value_heads": 2}
+    recipe = parse_recipe({
+        "main_model": {"tiny": {"architecture": architecture, "seed": 3, **WIDTHS, **kv}},
+        "hypernetwork": {"decoder_layers": 1, "fusion_in_decoder": True},
+        "peft": {"name": "lora", "rank": 2},
+        "data": {"source": "embedded", "path": "unused"}, "training": {"optimizer": "adamw", "lr": 1e-2}})
+    method = build_hypernet_method(recipe, model_of(architecture), torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    demo_ids, demo_mask = torch.randint(3, 384, (2, 7), generator=g), torch.ones(2, 7, dtype=torch.long)
+    demo_mask[1, 4:] = 0
+    query, labels = torch.randint(3, 384, (3, 5), generator=g), torch.randint(3, 384, (3, 2), generator=g)
+    rows = torch.tensor([0, 1, 1])
+    stock = main_forward(method.main_model, query, torch.ones_like(query), labels).logits
+    per_example = method.module(demo_ids, demo_mask).select(rows)
+    assert per_example.fusion_gate.shape == (2,) and not per_example.fusion_gate.any()
+    out = adapted_forward(method.main_model, method.target, per_example, query, torch.ones_like(query), labels, True)
+    torch.testing.assert_close(out.logits, stock)
+    out.loss.backward()
+    assert method.module.fusion_gate.grad.abs().sum() > 0  # training reaches the gate

@@ -21,7 +21,8 @@ def fusion_context(per_example: TaskParameters | None, fusion: bool) -> Context 
     """The encoded demos the main model fuses in (``rows``: each example's task row), or None without fusion."""
     if not fusion or per_example is None:
         return None
-    return Context(per_example.encoder_states, per_example.encoder_mask, rows=per_example.example_rows)
+    return Context(per_example.encoder_states, per_example.encoder_mask, rows=per_example.example_rows,
+                   gate=per_example.fusion_gate)
 
 
 def main_forward(main_model, input_ids, attention_mask, labels, fusion_states: Context | None = None):

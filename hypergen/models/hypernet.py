@@ -30,6 +30,7 @@ class TaskParameters:
     encoder_mask: torch.Tensor        # T x n_d
     generated: GeneratedStates        # states T x S x d_h
     example_rows: torch.Tensor | None = None  # B: after select, each example's task row in encoder_states
+    fusion_gate: torch.Tensor | None = None   # L: a causal LM's fusion gate per main-model layer (tanh, 0 at init)
 
     def select(self, task_index: torch.Tensor) -> "TaskParameters":
         """Expand the parameters to one row per example: ``task_index`` (B,) names each example's task row. The
@@ -41,16 +42,18 @@ class TaskParameters:
             self.encoder_mask,
             self.generated,
             task_index,
+            self.fusion_gate,
         )
 
     def detach(self) -> "TaskParameters":
         return TaskParameters({k: v.detach() for k, v in self.params.items()}, self.encoder_states.detach(),
-                              self.encoder_mask, self.generated, self.example_rows)
+                              self.encoder_mask, self.generated, self.example_rows,
+                              None if self.fusion_gate is None else self.fusion_gate.detach())
 
 
 class HyperNetwork(nn.Module):
     def __init__(self, main_model: nn.Module, generator: Generator, projector: Projector, groups: list[SlotGroup],
-                 decoder_layers: int, init_from_main: bool = True) -> None:
+                 decoder_layers: int, init_from_main: bool = True, fusion_gate: bool = False) -> None:
         super().__init__()
         self.backbone = make_backbone(main_model, decoder_layers, init_from_main, generator.reads_demos)
         for name, module in self.backbone.modules.items():  # "encoder", "decoder": the state-dict prefixes
@@ -63,6 +66,9 @@ class HyperNetwork(nn.Module):
         self.generator.check_contract()
         self.projector = projector
         self.projector.build(self.d_model, groups, generator.rows_per_layer)
+        # a causal LM's fusion (Family.fused): tanh(g_l) scales what layer l reads from the fused demos; g = 0 at
+        # first, so that a fresh hypernetwork starts as the frozen model, as its zero-initialised LoRA B does
+        self.fusion_gate = nn.Parameter(torch.zeros(self.shape.depth)) if fusion_gate else None
         self.checkpoint_decoder = False  # recompute the decoder's activations in backward (training switches it)
         self.float()  # trainable weights stay fp32 even when the frozen main model runs in bf16
         for parameter in self.parameters():
@@ -74,4 +80,5 @@ class HyperNetwork(nn.Module):
         context = self.backbone.encode(demo_ids, demo_mask)  # context.states: T x n_d x d_h
         generated = self.generator(self.backbone, context, self.shape, output_attentions=output_attentions,
                                    checkpoint=self.checkpoint_decoder)
-        return TaskParameters(self.projector(generated), context.states, context.mask, generated)
+        return TaskParameters(self.projector(generated), context.states, context.mask, generated,
+                              fusion_gate=self.fusion_gate)

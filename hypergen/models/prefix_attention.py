@@ -5,9 +5,11 @@ Two sources of prepended rows, both without position (no relative bias in T5, no
 
 * ``_PREFIX``: a generated (or learned) prefix, (keys, values) each P x heads x p x d_kv, visible to every query;
   set by :class:`~hypergen.components.targets.prefix.PrefixTarget`;
-* ``_FUSION``: a causal LM's analogue of fusion-in-decoder, (keys, values, keep) with keep P x n_d (1 = demo token,
-  0 = padding): the hypernetwork's encoding of the demos read by the layer's own key/value projections
-  (:meth:`hypergen.models.families.base.Family.fused`); padded demo columns are masked.
+* ``_FUSION``: a causal LM's analogue of fusion-in-decoder, (keys, values, keep, gate) with keep P x n_d (1 = demo
+  token, 0 = padding): the hypernetwork's encoding of the demos read by the layer's own key/value projections
+  (:meth:`hypergen.models.families.base.Family.fused`); padded demo columns are masked. With a gate (a 0-d
+  tensor g), the layer's output gains tanh(g) x attention(query, fused keys, fused values) (a separate softmax);
+  without (None), the fused keys are prepended and share the layer's softmax.
 
 Both are expanded from P rows to the key batch B = P * beams with ``repeat_interleave`` (``generate()`` with beams),
 never written to the KV cache. :func:`use_prefix_attention` switches a model to this function.
@@ -61,8 +63,8 @@ def _prepended(module: nn.Module, batch: int, dtype: torch.dtype
         prefix_key, prefix_value = expand_to_batch(batch, *prefix)
         keys.append(prefix_key), values.append(prefix_value), columns.append(None)
     fusion = getattr(module, _FUSION, None)
-    if fusion is not None:
-        fusion_key, fusion_value, keep = expand_to_batch(batch, *fusion)
+    if fusion is not None and fusion[3] is None:  # ungated: the demos' keys join the layer's own softmax
+        fusion_key, fusion_value, keep = expand_to_batch(batch, *fusion[:3])
         keys.append(fusion_key), values.append(fusion_value)
         columns.append(torch.where(keep.bool(), 0.0, torch.finfo(dtype).min).to(dtype))
     if not keys:
@@ -98,6 +100,35 @@ def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 
 
 def prefix_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The family's eager attention with the module's prefix (if any) prepended to ``key``/``value``
+    (:func:`_prefixed_attention`), plus, with a gated fusion on the module, tanh(g) times the queries' attention over
+    the fused demos alone (grouped-query heads repeated; padding masked):
+    ``out + tanh(g) softmax(q K_f^T * scaling + mask_f) V_f``, B x q_len x H x d_kv."""
+    output, weights = _prefixed_attention(module, query, key, value, attention_mask, scaling, dropout, position_bias,
+                                          **kwargs)
+    fusion = getattr(module, _FUSION, None)
+    if fusion is None or fusion[3] is None:
+        return output, weights
+    keys, values, keep = expand_to_batch(query.shape[0], *fusion[:3])
+    repeat = query.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(repeat, dim=1), values.repeat_interleave(repeat, dim=1)
+    additive = torch.where(keep.bool(), 0.0, torch.finfo(query.dtype).min).to(query.dtype)[:, None, None, :]
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    fused = sdpa_attention(query, keys.to(query.dtype), values.to(query.dtype), additive, scale, dropout)
+    return output + torch.tanh(fusion[3]).to(output.dtype) * fused, weights
+
+
+def _prefixed_attention(
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,

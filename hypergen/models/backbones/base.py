@@ -79,12 +79,14 @@ class Context:
     mask: torch.Tensor
     past: Any = None
     rows: torch.Tensor | None = None
+    gate: torch.Tensor | None = None  # a causal LM's fusion gate per main-model layer (Family.fused)
 
     def per_example(self) -> "Context":
         """The context with one row per example (``rows`` applied; itself when ``rows`` is None)."""
         if self.rows is None:
             return self
-        return Context(self.states.index_select(0, self.rows), self.mask.index_select(0, self.rows), self.past)
+        return Context(self.states.index_select(0, self.rows), self.mask.index_select(0, self.rows), self.past,
+                       gate=self.gate)
 
 
 class Backbone(abc.ABC):

@@ -135,7 +135,10 @@ class Family:
         layer l's extra keys and values are K_l = W_k^l norm_l(e), V_l = W_v^l norm_l(e), e the hypernetwork's
         final states of the demos (n_d of them, padding masked), at no position (like a prefix). Per query it
         costs attention over n_d more keys in every layer, as in-context demos do, but no pass of the demos through
-        the main model."""
+        the main model. With ``context.gate`` (the hypernetwork's, L values, zero at first) layer l adds
+        tanh(g_l) times its attention over the demos alone to its own attention output (Flamingo's gated
+        cross-attention: the frozen model exactly, until training opens the gate); without, the demos' keys join
+        the layer's own softmax."""
         if context is None:
             yield
             return
@@ -147,7 +150,8 @@ class Family:
             for (_, _, attention, _, _), (keys, values) in zip(sites, self.fusion_keys_values(main_model,
                                                                                               context.states)):
                 saved.append((attention, getattr(attention, _FUSION, None)))
-                setattr(attention, _FUSION, (keys, values, context.mask))
+                gate = None if context.gate is None else context.gate[len(saved) - 1]
+                setattr(attention, _FUSION, (keys, values, context.mask, gate))
             yield
         finally:
             for attention, previous in reversed(saved):
