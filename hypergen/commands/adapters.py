@@ -1,4 +1,5 @@
-"""``hypergen adapt`` (one task's adapter folder from a run) and ``hypergen predict`` (queries through it)."""
+"""``hypergen adapt`` (one task's adapter folder from a run), ``hypergen predict`` (queries through adapters) and
+``hypergen check-adapter`` (can vLLM serve a folder?)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,23 @@ def predict(adapter_specs, input_file, output_file, batch_size, max_new_tokens, 
         click.echo(text, nl=False)
     else:
         click.echo(f"{len(predictions)} predictions written to {output_file}", err=True)
+
+
+@click.command("check-adapter")
+@click.argument("folder", type=click.Path(file_okay=False))
+def check_adapter(folder) -> None:
+    """Check that vLLM can serve the LoRA adapter FOLDER as it is (peft's keys and module names, a rank vLLM's
+    --max-lora-rank covers, no full weights, biases or DoRA, no prefix or fusion states); print each problem.
+    Exit 2 when there is one."""
+    from ..serving import check_vllm_compatible, smallest_max_lora_rank
+    from ..io import read_json_object
+
+    problems = check_vllm_compatible(folder)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise HypergenError(f"{folder}: not servable by vLLM as it is ({len(problems)} problem"
+                            f"{'s' if len(problems) > 1 else ''} above)")
+    rank = read_json_object(Path(folder) / "adapter_config.json", "adapter config")["r"]
+    click.echo(f"{folder}: a peft LoRA folder vLLM can serve (r = {rank}: --enable-lora --max-lora-rank "
+               f"{smallest_max_lora_rank(rank)})")
