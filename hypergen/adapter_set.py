@@ -111,11 +111,19 @@ def mismatch(first: Adapter, other: Adapter) -> str | None:
     for group, value in first.params.items():
         if value.shape[1:] != other.params[group].shape[1:]:
             return f"{group} has shape {tuple(value.shape[1:])} vs {tuple(other.params[group].shape[1:])}"
-    for key in SHARED_SETTINGS:
-        if first.settings.get(key) != other.settings.get(key):
-            return f"setting {key} {first.settings.get(key)!r} vs {other.settings.get(key)!r}"
+    problem = settings_mismatch(first.settings, other.settings)
+    if problem:
+        return problem
     if first.fusion and first.fusion_states.shape[2:] != other.fusion_states.shape[2:]:
         return f"fusion states of width {first.fusion_states.shape[2]} vs {other.fusion_states.shape[2]}"
+    return None
+
+
+def settings_mismatch(first: dict[str, Any], other: dict[str, Any]) -> str | None:
+    """The first of :data:`SHARED_SETTINGS` on which two adapters' settings differ, as "setting KEY A vs B"."""
+    for key in SHARED_SETTINGS:
+        if first.get(key) != other.get(key):
+            return f"setting {key} {first.get(key)!r} vs {other.get(key)!r}"
     return None
 
 
@@ -142,9 +150,12 @@ def shared_main_model(folders: dict[str, Path]) -> str:
     naming two adapters whose main models differ."""
     names = list(folders)
     first = base_model_of(folders[names[0]])
+    first_digest = None
     for name in names[1:]:
         other = base_model_of(folders[name])
-        if other != first and (_model_digest(first) is None or _model_digest(first) != _model_digest(other)):
+        if other != first:
+            first_digest = first_digest or _model_digest(first)
+        if other != first and (first_digest is None or first_digest != _model_digest(other)):
             raise HypergenError(f"adapters {names[0]!r} and {name!r} cannot share a batch: main model {first} vs "
                                 f"{other}")
     return first
@@ -159,8 +170,13 @@ def load_adapter_set(folders: dict[str, str | Path], base_model: str | None = No
 
     folders = {name: Path(folder) for name, folder in folders.items()}
     settings = {name: read_adapter_config(folder)[2] for name, folder in folders.items()}  # readable, before loading
+    names = list(folders)
+    for name in names[1:]:  # what the folders' settings tell apart fails before the main model loads
+        problem = settings_mismatch(settings[names[0]], settings[name])
+        if problem:
+            raise HypergenError(f"adapters {names[0]!r} and {name!r} cannot share a batch: {problem}")
     name_or_path = base_model or shared_main_model(folders)
-    dtype = settings[next(iter(folders))].get("dtype", "float32")
+    dtype = settings[names[0]].get("dtype", "float32")
     model, tokenizer = load_main_model(MainModel(name_or_path=name_or_path, dtype=dtype), resolve_device("auto"))
     adapters = {name: load_adapter(folder, model) for name, folder in folders.items()}
     return AdapterSet.stack(adapters), model, tokenizer

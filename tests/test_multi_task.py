@@ -167,6 +167,14 @@ def test_bad_inputs_and_mismatched_adapters_fail_in_one_line(causal_adapters, tm
     (prompt / "hypergen_adapter.json").write_text(json.dumps({**settings, "max_input_length": 99}))
     one_line_error(invoke("predict", "--adapter", folders["a"], "--adapter", prompt, "--input", queries, "--output",
                           out), "adapters 'a' and 'other'", "max_input_length 16 vs 99")
+    model = shutil.copytree(folders["b"], tmp_path / "model" / "other")  # its own saved main model differs
+    config = json.loads((model / "base_model" / "config.json").read_text())
+    (model / "base_model" / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.5}))
+    adapter_config = json.loads((model / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(model / "base_model")
+    (model / "adapter_config.json").write_text(json.dumps(adapter_config))
+    one_line_error(invoke("predict", "--adapter", folders["a"], "--adapter", model, "--input", queries, "--output",
+                          out), "adapters 'a' and 'other'", f"main model {folders['a'] / 'base_model'} vs")
     rank = tmp_path / "rank" / "other"  # the same projections at rank 1
     shutil.copytree(folders["b"], rank)
     weights = {k: (v[:1] if "lora_A" in k else v[:, :1]).contiguous()
@@ -175,5 +183,5 @@ def test_bad_inputs_and_mismatched_adapters_fail_in_one_line(causal_adapters, tm
     config = json.loads((rank / "adapter_config.json").read_text())
     (rank / "adapter_config.json").write_text(json.dumps({**config, "r": 1}))
     one_line_error(invoke("predict", "--adapter", folders["a"], "--adapter", rank, "--input", queries, "--output",
-                          out), "adapters 'a' and 'other'", "lora rank 2 vs 1")
+                          out, "--quiet"), "adapters 'a' and 'other'", "lora rank 2 vs 1")
     assert not out.exists()
