@@ -45,7 +45,6 @@ from .data.tasks import Task
 from .errors import HypergenError, UnknownComponentError
 from .folders import FolderKind, prepare_output_dir, staged_folder
 from .io import atomic_save_tensors, atomic_write_json, read_json_object, read_safetensors
-from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
 from .registry import registry
 
@@ -145,7 +144,8 @@ def base_model_of(folder: str | Path) -> str:
 
 @dataclass
 class Adapter:
-    """A loaded adapter: its target (prepared on the main model) and one task's parameters (a batch of 1)."""
+    """A loaded adapter: its target (prepared on the main model) and one task's parameters (a batch of 1). To
+    decode with it, stack it (alone or with others) into a :class:`hypergen.adapter_set.AdapterSet`."""
 
     folder: Path
     kind: str                                  # the target's adapter format, e.g. "lora" or "prefix"
@@ -160,15 +160,6 @@ class Adapter:
     def fusion(self) -> bool:
         return self.fusion_states is not None
 
-    def per_example(self, batch: int) -> TaskParameters:
-        """The parameters repeated for ``batch`` examples, as the main model's adapted forward expects them."""
-        device = next(iter(self.params.values())).device
-        states = self.fusion_states if self.fusion else torch.zeros(1, 0, 1, device=device)  # unused without fusion
-        mask = self.fusion_mask if self.fusion else torch.zeros(1, 0, dtype=torch.long, device=device)
-        index = torch.zeros(batch, dtype=torch.long, device=states.device)
-        return TaskParameters(self.params, states, mask, None,  # type: ignore[arg-type]
-                              fusion_gate=self.fusion_gate).select(index)
-
     def to(self, device) -> "Adapter":
         self.params = {k: v.to(device) for k, v in self.params.items()}
         if self.fusion:
@@ -176,12 +167,6 @@ class Adapter:
         if self.fusion_gate is not None:
             self.fusion_gate = self.fusion_gate.to(device)
         return self
-
-    @torch.no_grad()
-    def generate(self, main_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 max_new_tokens: int, num_beams: int = 1) -> torch.Tensor:
-        return adapted_generate(main_model, self.target, self.per_example(input_ids.shape[0]), input_ids,
-                                attention_mask, self.fusion, max_new_tokens, num_beams)
 
 
 def load_adapter(folder: str | Path, main_model: nn.Module) -> Adapter:
@@ -256,6 +241,16 @@ def generate_task_parameters(assembled, task: Task) -> tuple[TaskParameters, str
     return method.module(ids.to(assembled.device), mask.to(assembled.device)).detach(), text
 
 
+def prediction_settings(assembled) -> dict[str, Any]:
+    """How a loaded run writes and decodes queries (its prompt, lengths, beams and dtype): the settings an adapter
+    folder records for ``hypergen predict``, and what a :class:`hypergen.task_adapter.TaskAdapter` decodes with."""
+    recipe = assembled.recipe
+    return {"max_input_length": recipe.data.max_input_length, "demo_style": recipe.data.demo_style,
+            "prompt": getattr(assembled.collator, "prompt", "plain"),
+            "max_new_tokens": recipe.evaluation.max_new_tokens, "num_beams": recipe.evaluation.num_beams,
+            "dtype": recipe.main_model.dtype, "fusion_in_decoder": bool(assembled.method.fusion)}
+
+
 def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path | None = None,
                    overwrite: bool = False, parameters: TaskParameters | None = None) -> Path:
     """Generate ``task``'s parameters with a loaded run and write them to ``out`` atomically (a temporary folder
@@ -278,10 +273,7 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
     else:
         name = recipe.main_model.name_or_path
         base = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
-    settings = {"max_input_length": recipe.data.max_input_length, "demo_style": recipe.data.demo_style,
-                "prompt": getattr(assembled.collator, "prompt", "plain"),
-                "max_new_tokens": recipe.evaluation.max_new_tokens, "num_beams": recipe.evaluation.num_beams,
-                "dtype": recipe.main_model.dtype, "run": str(Path(run_dir).resolve()) if run_dir else None,
+    settings = {**prediction_settings(assembled), "run": str(Path(run_dir).resolve()) if run_dir else None,
                 "task": task.name, "demos_sha256": demos_digest(text), "peft": recipe.peft.model_dump()}
     with staged_folder(final, ADAPTER_FOLDER) as tmp:
         write_adapter(tmp, method.target, params, method.main_model, base, fusion, settings)

@@ -231,8 +231,8 @@ def compare(runs, labels) -> None:
 def _add_commands() -> None:
     from .commands import adapters, recipes, tools
 
-    for command in (adapters.adapt, adapters.predict, recipes.recipes, recipes.registry_group, tools.bench,
-                    tools.plot_group):
+    for command in (adapters.adapt, adapters.predict, adapters.check_adapter, recipes.recipes,
+                    recipes.registry_group, tools.bench, tools.plot_group):
         main.add_command(command)
 
 

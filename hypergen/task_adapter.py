@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .adapters import Adapter, export_adapter, write_adapter
+from .adapters import Adapter, export_adapter, prediction_settings, write_adapter
 from .evaluation.predict import predict
 from .data.tasks import Task
 from .errors import HypergenError
@@ -56,10 +56,9 @@ class TaskAdapter:
 
     def _adapter(self) -> Adapter:
         """The task's parameters as the loaded-adapter object ``hypergen predict`` decodes with."""
-        recipe, method = self.assembled.recipe, self.assembled.method
+        method = self.assembled.method
         dtype = next(method.main_model.parameters()).dtype
-        settings = {"max_input_length": recipe.data.max_input_length, "max_new_tokens": recipe.evaluation.max_new_tokens,
-                    "num_beams": recipe.evaluation.num_beams}
+        settings = prediction_settings(self.assembled)  # the run's prompt too, as the adapter folder records it
         states = self.parameters.encoder_states.to(dtype) if self.fusion else None
         mask = self.parameters.encoder_mask if self.fusion else None
         gate = self.parameters.fusion_gate if self.fusion else None

@@ -88,7 +88,7 @@ def test_peft_round_trip(tmp_path, kwargs):
     fresh = copy.deepcopy(stock)
     adapter = load_adapter(tmp_path / "a", fresh)
     assert adapter.kind == "lora" and adapter.target.describe() == target.describe()
-    with torch.no_grad(), adapter.target.applied(fresh, adapter.per_example(2).params):
+    with torch.no_grad(), adapter.target.applied(fresh, {k: v.expand(2, -1, -1, -1) for k, v in adapter.params.items()}):
         again = fresh(input_ids=x, attention_mask=mask, decoder_input_ids=y).logits
     torch.testing.assert_close(again, ours, atol=1e-6, rtol=0)
 

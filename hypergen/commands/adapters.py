@@ -1,4 +1,5 @@
-"""``hypergen adapt`` (one task's adapter folder from a run) and ``hypergen predict`` (queries through it)."""
+"""``hypergen adapt`` (one task's adapter folder from a run), ``hypergen predict`` (queries through adapters) and
+``hypergen check-adapter`` (can vLLM serve a folder?)."""
 
 from __future__ import annotations
 
@@ -50,38 +51,76 @@ def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
     click.echo(f"adapter ({recipe.peft.name}) for {task.name} written to {out_path}")
 
 
+def adapter_folders(specs: tuple[str, ...]) -> dict[str, Path]:
+    """{name: folder} of ``--adapter`` values: ``DIR`` (named by the folder's name) or ``NAME=DIR``."""
+    folders: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or Path(spec).is_dir():  # a folder whose path holds "=" is a folder
+            name, folder = Path(spec).resolve().name, spec
+        if not name or not folder:
+            raise HypergenError(f"--adapter {spec!r}: expected DIR or NAME=DIR")
+        if name in folders:
+            raise HypergenError(f"--adapter: two adapters are named {name!r} ({folders[name]} and {folder}); name "
+                                "them with NAME=DIR")
+        folders[name] = Path(folder)
+    return folders
+
+
 @click.command()
-@click.option("--adapter", "adapter_dir", required=True, type=click.Path(file_okay=False),
-              help="An adapter folder written by `hypergen adapt` (or a peft LoRA folder of a T5).")
+@click.option("--adapter", "adapter_specs", required=True, multiple=True,
+              help="An adapter folder written by `hypergen adapt` (or a peft LoRA folder of a T5), as DIR (named by "
+                   "the folder's name) or NAME=DIR. Repeat it for several tasks' adapters: their queries share "
+                   "batches.")
 @click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
-              help='JSONL queries, {"input": ...} per line.')
+              help='JSONL queries, {"input": ...} per line; with several adapters {"input": ..., "adapter": NAME} '
+                   '("task" is read as "adapter").')
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), help="JSONL predictions (default: stdout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), help="Default: the run's evaluation setting.")
-@click.option("--base-model", help="Main model to use instead of the adapter's base_model_name_or_path.")
+@click.option("--base-model", help="Main model to use instead of the adapters' base_model_name_or_path.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_code_option
-def predict(adapter_dir, input_file, output_file, batch_size, max_new_tokens, base_model, quiet) -> None:
-    """Run the adapter's main model with the adapter on every query; write {"input", "prediction"} lines."""
-    from ..adapters import base_model_of, load_adapter, read_adapter_config
-    from ..data.jsonl import read_queries
-    from ..evaluation.predict import predict as run_predict, write_predictions
-    from ..models.main import load_main_model
-    from ..recipe import MainModel
-    from ..runs import resolve_device
+def predict(adapter_specs, input_file, output_file, batch_size, max_new_tokens, base_model, quiet) -> None:
+    """Run the adapters' main model on every query, each with its adapter; write {"input", "prediction"} lines
+    ({"input", "adapter", "prediction"} with several adapters), in the input's order.
 
-    _, _, settings = read_adapter_config(adapter_dir)
-    queries = read_queries(input_file)
+    Several adapters are stacked and every batch mixes them (per-example parameters, one generate per batch); they
+    must share the target, its rank and targets, the main model and the prompt settings.
+    """
+    from ..adapter_set import load_adapter_set
+    from ..data.jsonl import read_adapter_queries
+    from ..evaluation.predict import predict_rows, write_predictions
+
+    folders = adapter_folders(adapter_specs)
+    names, queries = read_adapter_queries(input_file, list(folders))  # bad input fails before any loading
     if quiet:
         _quiet_hub()
-    name = base_model or base_model_of(adapter_dir)
-    model, tokenizer = load_main_model(MainModel(name_or_path=name, dtype=settings.get("dtype", "float32")),
-                                       resolve_device("auto"))
-    adapter = load_adapter(adapter_dir, model)
-    predictions = run_predict(adapter, model, tokenizer, queries, batch_size, max_new_tokens,
-                              progress=not quiet)
-    text = write_predictions(output_file, queries, predictions)
+    adapters, model, tokenizer = load_adapter_set(folders, base_model)
+    predictions = predict_rows(adapters, adapters.rows(names).tolist(), model, tokenizer, queries, batch_size,
+                               max_new_tokens, progress=not quiet)
+    text = write_predictions(output_file, queries, predictions, names if len(folders) > 1 else None)
     if output_file is None:
         click.echo(text, nl=False)
     else:
         click.echo(f"{len(predictions)} predictions written to {output_file}", err=True)
+
+
+@click.command("check-adapter")
+@click.argument("folder", type=click.Path(file_okay=False))
+def check_adapter(folder) -> None:
+    """Check that vLLM can serve the LoRA adapter FOLDER as it is (peft's keys and module names, a rank vLLM's
+    --max-lora-rank covers, no full weights, biases or DoRA, no prefix or fusion states); print each problem.
+    Exit 2 when there is one."""
+    from ..serving import check_vllm_compatible, smallest_max_lora_rank
+    from ..io import read_json_object
+
+    problems = check_vllm_compatible(folder)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise HypergenError(f"{folder}: not servable by vLLM as it is ({len(problems)} problem"
+                            f"{'s' if len(problems) > 1 else ''} above)")
+    rank = read_json_object(Path(folder) / "adapter_config.json", "adapter config")["r"]
+    click.echo(f"{folder}: a peft LoRA folder vLLM can serve (r = {rank}: --enable-lora --max-lora-rank "
+               f"{smallest_max_lora_rank(rank)})")
