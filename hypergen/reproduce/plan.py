@@ -227,7 +227,7 @@ SCALES["smollm2"] = Scale(
     lora={"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]},
     profiles={"full": {"sni": Steps(main=0, train=40, finetune=40, per_task=20, eval_instances=5, pretrain=20,
                                     batch_size=8)},
-              "quick": {"sni": Steps(main=0, train=5, finetune=5, per_task=3, eval_instances=2, pretrain=3,
+              "quick": {"sni": Steps(main=0, train=3, finetune=3, per_task=2, eval_instances=1, pretrain=2,
                                      batch_size=8)}},
     methods=("frozen_zero_shot", "frozen_instruction", "frozen_in_context", "hart", "hypertuning", "hart_no_fusion",
              "hypertuning_no_fusion", "lora_few_shot", "lora", "hypertuning_ar", "hart_no_ar", "hart_reverse"),
