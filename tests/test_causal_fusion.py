@@ -154,3 +154,20 @@ def test_a_fresh_hypernetwork_with_fusion_starts_as_the_frozen_model_and_one_ste
     torch.testing.assert_close(out.logits, stock)
     out.loss.backward()
     assert method.module.fusion_gate.grad.abs().sum() > 0  # training reaches the gate
+
+
+def test_the_fusion_gates_train_at_their_own_rate():
+    from hypergen.models.hypernet import FUSION_GATE_LR_SCALE
+    from hypergen.recipe import parse_recipe
+    from hypergen.runs import build_hypernet_method
+    from hypergen.training.optim import make_optimizer
+
+    recipe = parse_recipe({
+        "main_model": {"tiny": {"architecture": "llama", "seed": 3, "num_key_value_heads": 2, **WIDTHS}},
+        "hypernetwork": {"decoder_layers": 1, "fusion_in_decoder": True}, "peft": {"name": "lora", "rank": 2},
+        "data": {"source": "embedded", "path": "unused"}, "training": {"optimizer": "adamw", "lr": 1e-3}})
+    method = build_hypernet_method(recipe, model_of("llama"), torch.device("cpu"))
+    optimizer = make_optimizer(list(method.module.parameters()), recipe.training)
+    gate_groups = [g for g in optimizer.param_groups if any(p is method.module.fusion_gate for p in g["params"])]
+    assert len(gate_groups) == 1 and gate_groups[0]["lr"] == pytest.approx(1e-3 * FUSION_GATE_LR_SCALE)
+    assert gate_groups[0]["params"] == [method.module.fusion_gate]

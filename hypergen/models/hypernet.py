@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from ..components.base import GeneratedStates, Generator, Projector, SlotGroup
+from ..training.optim import LR_SCALE
 from .backbones import make_backbone
+
+# the fusion gates train at lr x this: Adam moves a parameter by about lr a step whatever its gradient, so at lr 3e-4
+# a gate starting at 0 would reach tanh(0.012) in 40 steps and fusion would stay shut for a whole CPU-sized run
+# (measured: HART with and without fusion gave the same predictions after 3 steps); at 100x it can open in tens
+FUSION_GATE_LR_SCALE = 100.0
 
 
 @dataclass
@@ -69,6 +75,8 @@ class HyperNetwork(nn.Module):
         # a causal LM's fusion (Family.fused): tanh(g_l) scales what layer l reads from the fused demos; g = 0 at
         # first, so that a fresh hypernetwork starts as the frozen model, as its zero-initialised LoRA B does
         self.fusion_gate = nn.Parameter(torch.zeros(self.shape.depth)) if fusion_gate else None
+        if self.fusion_gate is not None:
+            setattr(self.fusion_gate, LR_SCALE, FUSION_GATE_LR_SCALE)  # read by training.optim.make_optimizer
         self.checkpoint_decoder = False  # recompute the decoder's activations in backward (training switches it)
         self.float()  # trainable weights stay fp32 even when the frozen main model runs in bf16
         for parameter in self.parameters():
