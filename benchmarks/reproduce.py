@@ -14,6 +14,7 @@ settings, it continues where it stopped (finished runs are read back, an interru
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -89,6 +90,10 @@ def _data_sources(values: tuple[str, ...], quick: bool, real: bool = False) -> l
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Markdown report (default: benchmarks/results/reproduce/<scale>-<profile>.md).")
 @click.option("--fresh", is_flag=True, help="Retrain runs whose folders hold other settings.")
+@click.option("--include", multiple=True, type=click.Path(dir_okay=False),
+              help="With --report-only: another study's results.json (repeatable) whose rows this report shows too, "
+                   "where this study has none of its own (e.g. rows run with other --methods in parallel); the "
+                   "report names each file and its command.")
 @click.option("--report-only", is_flag=True, help="Train nothing: write the report from what results.json holds so "
               "far (e.g. while a long study still runs).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
@@ -120,7 +125,7 @@ def _alpha_grid(value: str | None, alpha: float | None, quick: bool) -> tuple[fl
 
 
 def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_select, quick, scale, device, threads,
-        methods, deadline_min, out, report, fresh, report_only) -> None:
+        methods, deadline_min, out, report, fresh, report_only, include) -> None:
     from hypergen.reproduce.report import write_report
     from hypergen.reproduce.study import Study
 
@@ -152,10 +157,13 @@ def run(data, seeds, steps, main_steps, task_steps, alpha, alpha_grid, alpha_sel
     if report_only:
         if not study.results_path.is_file():
             raise HypergenError(f"--report-only: {study.results_path} does not exist (run the study first)")
-        import json
+        from hypergen.reproduce.report import include_rows
 
-        click.echo(f"report written to {write_report(json.loads(study.results_path.read_text()), report_path)}")
+        results = include_rows(json.loads(study.results_path.read_text()), include)
+        click.echo(f"report written to {write_report(results, report_path)}")
         return
+    if include:
+        raise HypergenError("--include: only with --report-only")
     try:
         study.run()
     finally:  # a failed or interrupted study still reports what it finished

@@ -328,3 +328,27 @@ def test_the_full_study_chooses_alpha_from_the_papers_grid_unless_one_is_given()
     assert script._alpha_grid("2,4", None, quick=True) == (2.0, 4.0)
     with pytest.raises(HypergenError, match="--alpha-grid: expected distinct positive numbers"):
         script._alpha_grid("1,1", None, quick=False)
+
+
+def test_a_report_takes_rows_run_by_other_studies_and_names_where_they_came_from(tmp_path):
+    from hypergen.reproduce.report import include_rows, write_report
+
+    def results(rows: dict[str, float], command: str) -> dict:
+        return {"config": {"name": "smollm2-full", "command": command, "seeds": 1, "scale": "smollm2",
+                           "scale_settings": {}, "steps": {}},
+                "runs": {"sni-mini": {key: {"0": {"overall": {"exact_match": 0.0, "rougeL": value, "instances": 5}}}
+                                      for key, value in rows.items()}}, "wall_s": 10.0}
+
+    other = tmp_path / "results.json"
+    other.write_text(json.dumps(results({"hart": 9.0, "lora_few_shot": 20.0}, "python reproduce.py --methods lora")))
+    merged = include_rows(results({"hart": 8.0, "frozen_in_context": 13.0}, "python reproduce.py"), [str(other)])
+    rows = merged["runs"]["sni-mini"]
+    assert rows["hart"]["0"]["overall"]["rougeL"] == 8.0  # this study's own row wins
+    assert rows["lora_few_shot"]["0"]["overall"]["rougeL"] == 20.0
+    report = write_report(merged, tmp_path / "r.md", figures=False).read_text()
+    assert "| LoRA (multi-task, FT-Few-Shot) | 0.00 | 20.00 | 1 |" in report
+    assert f"Rows from another study ({other}, `python reproduce.py --methods lora`" in report
+    assert "sni-mini/lora_few_shot" in report and "sni-mini/hart," not in report
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(HypergenError, match=r"--include: .*bad.json is not a study's results.json"):
+        include_rows(merged, [str(tmp_path / "bad.json")])

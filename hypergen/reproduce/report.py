@@ -245,6 +245,33 @@ def _steps_note(config: dict[str, Any]) -> list[str]:
     return ([" ".join(notes), ""] if notes else [])
 
 
+def include_rows(results: dict[str, Any], files: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``results`` with the rows of other studies' results.json ``files`` added where it has none of that method
+    and data set; ``results["included"]`` lists each file, its command and the rows taken from it."""
+    import json
+
+    from ..errors import HypergenError
+
+    for name in files:
+        path = Path(name)
+        try:
+            other = json.loads(path.read_text())
+            runs = other["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HypergenError(f"--include: {path} is not a study's results.json ({type(exc).__name__})") from None
+        taken = []
+        for label, methods in runs.items():
+            mine = results["runs"].setdefault(label, {})
+            for key, seeds in methods.items():
+                if key not in mine and key in METHODS:
+                    mine[key] = seeds
+                    taken.append(f"{label}/{key}")
+        results.setdefault("included", []).append(
+            {"file": str(path), "command": other.get("config", {}).get("command", "?"), "rows": taken,
+             "wall_s": other.get("wall_s")})
+    return results
+
+
 def write_report(results: dict[str, Any], report: Path, figures: bool = True) -> Path:
     """Write ``report`` (Markdown) and its PNGs beside it, in ``<report stem>/``."""
     report = Path(report)
@@ -275,6 +302,11 @@ def write_report(results: dict[str, Any], report: Path, figures: bool = True) ->
                   "these tasks, and the FT baselines continue a training M0 already had; the gaps between methods "
                   "are not the paper's gaps between methods on a pretrained model. This toy study checks the "
                   "mechanics; the real-model study is --scale smollm2.", ""] + _steps_note(config)
+    for part in results.get("included", []):
+        lines += [f"Rows from another study ({part['file']}, `{part['command']}`, "
+                  f"{(part['wall_s'] or 0):.0f} s): {', '.join(part['rows']) or 'none'}.  "]
+    if results.get("included"):
+        lines.append("")
     if results.get("skipped"):
         groups: dict[str, list[str]] = {}
         for skipped in results["skipped"]:
