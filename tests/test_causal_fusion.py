@@ -127,6 +127,11 @@ def test_a_gated_fusion_adds_tanh_g_times_attention_over_the_demos_alone():
     torch.testing.assert_close(fused, alone + torch.tanh(torch.tensor(0.7)) * torch.stack(expected))
     setattr(module, _FUSION, (fused_keys, fused_values, keep, torch.tensor(0.0)))  # a closed gate: no change
     torch.testing.assert_close(prefix_attention_forward(module, query, key, value, causal, scaling=0.3)[0], alone)
+    no_demos = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])  # example 1 has no demo token: nothing to fuse
+    setattr(module, _FUSION, (fused_keys, fused_values, no_demos, torch.tensor(0.7)))
+    out = prefix_attention_forward(module, query, key, value, causal, scaling=0.3)[0]
+    torch.testing.assert_close(out[1], alone[1])
+    torch.testing.assert_close(out[0], fused[0])
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])

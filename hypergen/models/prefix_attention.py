@@ -125,6 +125,8 @@ def prefix_attention_forward(
     additive = torch.where(keep.bool(), 0.0, torch.finfo(query.dtype).min).to(query.dtype)[:, None, None, :]
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
     fused = sdpa_attention(query, keys.to(query.dtype), values.to(query.dtype), additive, scale, dropout)
+    # an example with no demo token at all (the "none" demos control) fuses nothing, not its padding's average
+    fused = fused * keep.any(-1).to(fused.dtype)[:, None, None, None]
     return output + torch.tanh(fusion[3]).to(output.dtype) * fused, weights
 
 
