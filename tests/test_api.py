@@ -328,9 +328,9 @@ def test_shipped_recipes_list_copy_and_run_by_name(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "tiny_finetune" / "model" / "config.json").is_file()
 
 
-def test_readme_python_section_runs(runs, tmp_path, monkeypatch):
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Use it from Python", 1)[1]
+def test_guide_python_section_runs(runs, tmp_path, monkeypatch):
+    text = (REPO / "docs" / "python-api.md").read_text()
+    section = text.split("## A trained hypernetwork", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "from_pretrained(\"runs/demo/hart\")" in code
     monkeypatch.chdir(tmp_path)
@@ -339,7 +339,7 @@ def test_readme_python_section_runs(runs, tmp_path, monkeypatch):
     namespace: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/python-api.md", "exec"), namespace)
     assert isinstance(namespace["several"], list) and len(namespace["several"]) == 2
     assert (tmp_path / "adapters" / "xy" / "prefix.safetensors").is_file()
     assert (tmp_path / "export" / "hart-tiny" / "hypergen_config.json").is_file()

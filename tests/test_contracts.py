@@ -1,6 +1,6 @@
 """The component contracts (a Generator's rows_per_layer and autoregressive; the targets' temporaries' prefix) and
-``--code FILE.py``, a file that registers components before a recipe is read (the README's own example generator
-is the one registered here)."""
+``--code FILE.py``, a file that registers components before a recipe is read (the guide's own example generator,
+docs/extending.md, is the one registered here)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from test_plugins import small
 REPO = Path(__file__).resolve().parents[1]
 
 
-def readme_generator() -> str:
-    """The first python block of README.md's "Write your own generator" section (registers mean_of_demos.v1)."""
-    section = (REPO / "README.md").read_text().split("## Write your own generator", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def guide_generator() -> str:
+    """The first python block of docs/extending.md's "Write your own generator" section (registers mean_of_demos.v1)."""
+    section = (REPO / "docs" / "extending.md").read_text().split("## Write your own generator", 1)[1]
+    return re.search(r"```python[^\n]*\n(.*?)```", section, re.S).group(1)
 
 
 def cli(*args) -> object:
@@ -43,7 +43,7 @@ def one_error_line(result) -> str:
 
 @pytest.fixture
 def recipe(tmp_path) -> Path:
-    """tiny_hart.json, small, naming the README's generator."""
+    """tiny_hart.json, small, naming the guide's generator."""
     data = small(json.loads((REPO / "recipes" / "tiny_hart.json").read_text()), tmp_path)
     data["hypernetwork"]["generator"] = {"name": "mean_of_demos", "init_std": 0.5}
     path = tmp_path / "mean_recipe.json"
@@ -54,7 +54,7 @@ def recipe(tmp_path) -> Path:
 @pytest.fixture
 def code(tmp_path) -> Path:
     path = tmp_path / "my_generators.py"
-    path.write_text(readme_generator())
+    path.write_text(guide_generator())
     return path
 
 
@@ -102,7 +102,7 @@ def test_recipes_validate_with_code_accepts_a_recipe_naming_it(code, recipe, tmp
 
 def test_recipes_validate_names_a_file_s_generator_that_breaks_the_contract(tmp_path, recipe):
     broken = tmp_path / "no_rows.py"
-    broken.write_text(readme_generator().replace("    rows_per_layer = 1", "    # rows_per_layer left out"))
+    broken.write_text(guide_generator().replace("    rows_per_layer = 1", "    # rows_per_layer left out"))
     line = one_error_line(cli("recipes", "validate", "--code", broken, recipe))
     assert "hypernetwork.generator" in line and "generator MeanOfDemos does not declare rows_per_layer" in line
 

@@ -1,6 +1,6 @@
 """The backbone contract: what a generator may ask of the hypernetwork's layers, implemented once per model family.
 
-The generators never see a T5 or a Llama, only these operations (see DESIGN.md, "Backbones")::
+The generators never see a T5 or a Llama, only these operations (docs/architecture.md, "Backbones")::
 
     context = backbone.encode(demo_ids, demo_mask)                  what the generated states attend to
     cache = backbone.new_cache(context)                             for step-by-step decoding (HART)
