@@ -21,7 +21,8 @@ import torch
 from hypergen.data.sampling import TaskSampler
 from hypergen.recipe import parse_recipe
 from hypergen.reproduce.plan import SCALES
-from hypergen.runs import assemble, load_tasks
+from hypergen.runs.assembly import assemble
+from hypergen.runs.tasks import load_tasks
 from hypergen.training.compile import compile_blocks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,8 @@ import torch
 from hypergen.data.sampling import TaskSampler
 from hypergen.models.adapted import main_forward
 from hypergen.recipe import load_recipe
-from hypergen.runs import assemble, training_and_validation
+from hypergen.runs.assembly import assemble
+from hypergen.runs.tasks import training_and_validation
 from hypergen.training.optim import linear_schedule, make_optimizer
 
 recipe = load_recipe(sys.argv[1], sys.argv[3:])

@@ -6,7 +6,8 @@ import sys
 import torch
 
 from hypergen.evaluation.evaluate import evaluate
-from hypergen.runs import load_final, load_tasks
+from hypergen.runs.folder import load_final
+from hypergen.runs.tasks import load_tasks
 from hypergen.training.methods import FinetuneMethod
 
 run = sys.argv[1]

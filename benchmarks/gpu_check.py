@@ -1,5 +1,5 @@
 """The paper-scale path on one GPU: a few full training steps at the T5-Large and T5-XL recipes' shapes, and the
-base-scale study's step, each through ``hypergen.pipeline.train`` (the real trainer, backends and optimizers).
+base-scale study's step, each through ``hypergen.runs.train.train`` (the real trainer, backends and optimizers).
 
 Cases (random-weight TinyT5 main models of the real widths and vocabulary; the embedded tasks, with the recipes'
 length limits):
@@ -148,7 +148,7 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
 def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) -> dict:
     """Train ``case`` for warmup + steps steps in this process; return its measurements. The embedded tasks are
     written to ``data_dir`` by the first case and read by the others."""
-    from hypergen import pipeline
+    from hypergen.runs.train import train
     from hypergen.data import collate
     from hypergen.models.main import load_main_model
     from hypergen.recipe import parse_recipe
@@ -181,7 +181,7 @@ def run_case(case: str, steps: int, warmup: int, smoke: bool, data_dir: Path) ->
         recipe = case_recipe(case, data_dir, warmup + steps, smoke)
         path = Path(tmp) / f"{case}.json"
         path.write_text(json.dumps(recipe))
-        pipeline.train(str(path), str(Path(tmp) / "run"), [], progress=False, evaluate_after=False)
+        train(str(path), str(Path(tmp) / "run"), [], progress=False, evaluate_after=False)
         parsed = parse_recipe(recipe)
         model, _ = load_main_model(parsed.main_model, torch.device("cpu"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from hypergen.data.collate import Batch  # noqa: E402
 from hypergen.models.main import freeze  # noqa: E402
 from hypergen.recipe import parse_recipe  # noqa: E402
-from hypergen.runs import build_hypernet_method  # noqa: E402
+from hypergen.runs.assembly import build_hypernet_method  # noqa: E402
 from hypergen.training.activation_recompute import enable_gradient_checkpointing  # noqa: E402
 from hypergen.training.optim import make_optimizer  # noqa: E402
 

@@ -112,7 +112,7 @@ def main() -> None:
 
 def stack_row(stack, name: str):
     """The loaded adapter ``name`` of ``stack`` as a one-adapter :class:`hypergen.adapters.Adapter`."""
-    from hypergen.adapters import Adapter
+    from hypergen.adapters.folder import Adapter
 
     i = stack.names.index(name)
     return Adapter(None, "lora", stack.target, {k: v[i:i + 1] for k, v in stack.params.items()}, None, None,

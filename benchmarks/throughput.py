@@ -97,7 +97,8 @@ def measure(shape: str, steps: int) -> dict:
 
     from hypergen.data.sampling import TaskSampler
     from hypergen.recipe import parse_recipe
-    from hypergen.runs import assemble, load_tasks
+    from hypergen.runs.assembly import assemble
+    from hypergen.runs.tasks import load_tasks
     from hypergen.training.trainer import Trainer
 
     gpu = torch.cuda.is_available()

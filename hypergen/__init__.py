@@ -12,7 +12,7 @@ __all__ = ["HyperNetwork", "predict_many", "__version__"]
 
 def __getattr__(name: str):
     if name == "HyperNetwork":  # lazily: importing hypergen stays cheap (no torch, no transformers)
-        from .pretrained import PretrainedHyperNetwork
+        from .pretrained.hypernetwork import PretrainedHyperNetwork
 
         return PretrainedHyperNetwork
     if name == "predict_many":

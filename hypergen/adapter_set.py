@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Adapter, base_model_of, load_adapter, read_adapter_config
+from .adapters.folder import Adapter, base_model_of, load_adapter, read_adapter_config
 from .errors import HypergenError
 from .models.adapted import adapted_generate
 from .models.hypernet import TaskParameters
@@ -172,7 +172,7 @@ def load_adapter_set(folders: dict[str, str | Path], base_model: str | None = No
     stack them. Returns ``(AdapterSet, main model, tokenizer)``."""
     from .models.main import load_main_model
     from .recipe import MainModel
-    from .runs import resolve_device
+    from .runs.devices import resolve_device
 
     folders = {name: Path(folder) for name, folder in folders.items()}
     settings = {name: read_adapter_config(folder)[2] for name, folder in folders.items()}  # readable, before loading

@@ -60,8 +60,8 @@ def _training_command(function):
 def train(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Train the hypernetwork RECIPE (a file, or a built-in recipe's name) describes and evaluate it on the
     held-out tasks."""
-    from .builtin_recipes import resolve_recipe
-    from .pipeline import train as run_train
+    from .recipe.builtin import resolve_recipe
+    from .runs.train import train as run_train
 
     recipe = resolve_recipe(recipe)
 
@@ -72,8 +72,8 @@ def train(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
 @_training_command
 def finetune(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Multi-task fine-tune a main model (FT-Zero-Shot / FT-Few-Shot); saves RUN/model as a Hugging Face folder."""
-    from .builtin_recipes import resolve_recipe
-    from .pipeline import train as run_train
+    from .recipe.builtin import resolve_recipe
+    from .runs.train import train as run_train
     from .recipe import read_recipe_dict
 
     recipe = resolve_recipe(recipe)
@@ -89,8 +89,8 @@ def pretrain(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> No
     """Pre-train a hypernetwork on raw text (HyperTuning-PT; a "kind": "pretrain" recipe): each text cut into four
     chunks, the hypernetwork reads the first and the fourth, the frozen main model the second, predicting the third.
     Start a hypernetwork recipe from the run with --set hypernetwork.init_from=RUN."""
-    from .builtin_recipes import resolve_recipe
-    from .pipeline import train as run_train
+    from .recipe.builtin import resolve_recipe
+    from .runs.train import train as run_train
     from .recipe import read_recipe_dict
 
     recipe = resolve_recipe(recipe)
@@ -103,7 +103,7 @@ def pretrain(recipe, overrides, output, resume, overwrite, no_eval, quiet) -> No
 
 def _print_final(run_dir: Path, no_eval: bool) -> None:
     from .io import read_json
-    from .pipeline import format_scores
+    from .runs.evaluate import format_scores
 
     scores = run_dir / "eval" / "scores.json"
     if not no_eval and scores.is_file():
@@ -127,8 +127,8 @@ def _print_final(run_dir: Path, no_eval: bool) -> None:
 def sweep(recipe, grid, overrides, output, resume, overwrite, no_eval, quiet) -> None:
     """Train RECIPE (a file, or a built-in recipe's name) once per grid point, pick the best by validation ROUGE-L
     (P3: accuracy), test only that one."""
-    from .builtin_recipes import resolve_recipe
-    from .sweep import format_table, plan_sweep, run_sweep
+    from .recipe.builtin import resolve_recipe
+    from .runs.sweep import format_table, plan_sweep, run_sweep
 
     recipe = resolve_recipe(recipe)
 
@@ -160,7 +160,7 @@ def eval_command(run_dir, recipe, frozen, output, overrides, data, split_file, m
     """Generate each task's parameters once from its demos, decode greedily, print and write ROUGE-L and EM; with
     --frozen, the same for the main model alone (hypergen eval --recipe RECIPE --frozen MODE)."""
     from .data.controls import control_dir
-    from .pipeline import check_control, evaluate_run, format_scores
+    from .runs.evaluate import check_control, evaluate_run, format_scores
 
     if (run_dir is None) == (recipe is None):
         raise HypergenError("--run, --recipe: give exactly one (a trained run, or with --frozen a recipe)")
@@ -181,11 +181,12 @@ def eval_command(run_dir, recipe, frozen, output, overrides, data, split_file, m
 
 def _eval_frozen(run_dir, recipe, mode, output, overrides, data, split_file, max_instances, control, quiet) -> None:
     """``hypergen eval --frozen MODE`` (with --recipe or --run): see :mod:`hypergen.evaluation.frozen`."""
-    from .builtin_recipes import resolve_recipe
+    from .recipe.builtin import resolve_recipe
     from .evaluation.frozen import check_mode, default_output, evaluate_frozen
-    from .pipeline import errors_name_the_recipe, format_scores
+    from .runs.train import errors_name_the_recipe
+    from .runs.evaluate import format_scores
     from .recipe import load_recipe
-    from .runs import read_run
+    from .runs.folder import read_run
 
     if mode is None:
         raise HypergenError("--frozen: required with --recipe (zero_shot, instruction or in_context)")

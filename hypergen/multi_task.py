@@ -16,7 +16,7 @@ from pathlib import Path
 from .adapter_set import AdapterSet, load_adapter_set
 from .errors import HypergenError
 from .evaluation.predict import predict_rows
-from .task_adapter import TaskAdapter
+from .adapters.task import TaskAdapter
 
 
 def predict_many(adapters: Mapping[str, TaskAdapter | str | Path], queries: Iterable[tuple[str, str]],

@@ -41,8 +41,8 @@ def micro_study(tmp_path):
     script = REPO / "benchmarks" / "reproduce.py"
 
     def command(steps: str, *setup: str) -> list[str]:
-        micro = ("import sys, runpy, pathlib; import hypergen.runs; from hypergen.reproduce import plan; "
-                 f"hypergen.runs.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
+        micro = ("import sys, runpy, pathlib; import hypergen.runs.tasks; from hypergen.reproduce import plan; "
+                 f"hypergen.runs.tasks.EMBEDDED_DIR = pathlib.Path({str(tmp_path / 'embedded')!r}); "
                  "plan.SCALES['tiny'] = plan.Scale('tiny', dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, "
                  "num_decoder_layers=2, num_heads=4), decoder_layers=1, prefix_length=2, batch_size=8, "
                  "hyper_lr=1e-3, main_lr=1e-3); "

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5ForConditionalGeneration
 
-import hypergen.adapters
-from hypergen.adapters import generate_task_parameters, load_adapter, write_adapter
+import hypergen.adapters.folder
+from hypergen.adapters.folder import generate_task_parameters, load_adapter, write_adapter
 from hypergen.cli import main
 from hypergen.components.base import PEFTTarget
 from hypergen.components.targets.lora import LoraTarget
@@ -28,7 +28,7 @@ from hypergen.errors import HypergenError
 from hypergen.models.main import load_main_model, save_main_model
 from hypergen.recipe import MainModel, TinyT5
 from hypergen.registry import registry
-from hypergen.runs import load_final
+from hypergen.runs.folder import load_final
 from test_training import embedded_recipe, train
 
 peft = pytest.importorskip("peft")
@@ -378,5 +378,5 @@ def test_folders_that_name_no_target_still_load(kind, tmp_path):
 
 
 def test_adapters_module_names_no_builtin_target():
-    source = inspect.getsource(hypergen.adapters)
+    source = inspect.getsource(hypergen.adapters.folder)
     assert "LoraTarget" not in source and "PrefixTarget" not in source and "isinstance(target" not in source

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import hypergen
-from hypergen.builtin_recipes import builtin_names, recipes_folder
+from hypergen.recipe.builtin import builtin_names, recipes_folder
 from hypergen.cli import main
 from hypergen.errors import HypergenError
 from hypergen.recipe import ComponentSpec
@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
 
 def test_top_level_name_is_the_assembled_run():
     from hypergen.models.hypernet import HyperNetwork as Module
-    from hypergen.pretrained import PretrainedHyperNetwork
+    from hypergen.pretrained.hypernetwork import PretrainedHyperNetwork
 
     assert hypergen.HyperNetwork is PretrainedHyperNetwork and hypergen.HyperNetwork is not Module
 
@@ -195,7 +195,7 @@ def test_hub_id_from_cache_and_offline_errors(runs, tmp_path, monkeypatch):
 
 
 def test_push_to_hub_offline_then_with_a_recorded_upload(runs, tmp_path, monkeypatch):
-    import hypergen.hub as hub
+    import hypergen.pretrained.hub as hub
 
     hn = hypergen.HyperNetwork.from_pretrained(runs["prefix"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -18,7 +18,8 @@ from hypergen.cli import main
 from hypergen.models.main import tiny_t5
 from hypergen.recipe import parse_recipe
 from hypergen.registry import KINDS, registry
-from hypergen.runs import assemble, prepare_run_dir, save_final
+from hypergen.runs.assembly import assemble
+from hypergen.runs.folder import prepare_run_dir, save_final
 
 
 def test_bench_tiny_writes_result(tmp_path):

@@ -25,7 +25,7 @@ from hypergen.models.backbones import main_model_shape
 from hypergen.models.hypernet import HyperNetwork
 from hypergen.models.main import freeze, tiny_causal
 from hypergen.recipe import TinyT5
-from hypergen.runs import load_final
+from hypergen.runs.folder import load_final
 from test_training import embedded_recipe, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def test_adapt_writes_a_peft_folder_with_hypergen_s_logits(causal_run, tmp_path)
     assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"} and len(names) == 2 * 2
 
     assembled = load_final(run)
-    from hypergen.adapters import generate_task_parameters
+    from hypergen.adapters.folder import generate_task_parameters
     from hypergen.data.tasks import load_task
 
     params, _ = generate_task_parameters(assembled, load_task(task))
@@ -346,7 +346,7 @@ def test_adapt_then_predict_equals_eval_on_a_causal_lm(causal_run, tmp_path):
     assert result.exit_code == 0, result.output
     got = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(got) == len(expected) == 2 and [g["prediction"] for g in got] == [r["prediction"] for r in expected]
-    from hypergen.adapters import generate_task_parameters, load_adapter
+    from hypergen.adapters.folder import generate_task_parameters, load_adapter
     from hypergen.data.tasks import load_task
 
     assembled = load_final(run)
@@ -385,7 +385,7 @@ def hub_style_folder(folder: Path) -> Path:
 def test_hub_tokenizer_prompts_start_with_bos_once_targets_end_with_eos_generation_stops_at_eos(tmp_path):
     from hypergen.data.tasks import Example, Task
     from hypergen.recipe import parse_recipe
-    from hypergen.runs import assemble
+    from hypergen.runs.assembly import assemble
 
     recipe = causal_recipe(tmp_path, steps=1)
     recipe["main_model"] = {"name_or_path": str(hub_style_folder(tmp_path / "llama"))}

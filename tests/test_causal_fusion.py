@@ -138,7 +138,7 @@ def test_a_gated_fusion_adds_tanh_g_times_attention_over_the_demos_alone():
 def test_a_fresh_hypernetwork_with_fusion_starts_as_the_frozen_model_and_one_step_opens_its_gate(architecture):
     from hypergen.models.adapted import adapted_forward
     from hypergen.recipe import parse_recipe
-    from hypergen.runs import build_hypernet_method
+    from hypergen.runs.assembly import build_hypernet_method
 
     kv = {} if architecture == "gpt2" else {"num_key_value_heads": 2}
     recipe = parse_recipe({

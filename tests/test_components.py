@@ -272,7 +272,7 @@ def test_hypernetwork_starts_from_fp32_weights_when_the_main_model_runs_in_bf16(
     decoder is the main model's fp32 weights (here the tiny model's fp32 initialisation), not their bf16 rounding."""
     from hypergen.models.main import tiny_t5
     from hypergen.recipe import parse_recipe
-    from hypergen.runs import assemble
+    from hypergen.runs.assembly import assemble
 
     from test_training import embedded_recipe
 

@@ -19,7 +19,7 @@ from hypergen.components.targets.prefix import PrefixTarget
 from hypergen.data.collate import Collator
 from hypergen.data.controls import DemoControl
 from hypergen.data.tasks import Example, Task
-from hypergen.model_card import evaluation_of_run
+from hypergen.pretrained.model_card import evaluation_of_run
 from hypergen.models.adapted import adapted_forward
 from hypergen.models.hypernet import HyperNetwork
 from hypergen.recipe import Data

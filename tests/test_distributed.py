@@ -28,7 +28,8 @@ from hypergen.cli import main
 from hypergen.data.sampling import TaskSampler
 from hypergen.errors import HypergenError, RecipeError
 from hypergen.recipe import parse_recipe
-from hypergen.runs import assemble, load_tasks
+from hypergen.runs.assembly import assemble
+from hypergen.runs.tasks import load_tasks
 from hypergen.training.checkpoint import list_checkpoints
 from hypergen.training.activation_recompute import enable_gradient_checkpointing
 from hypergen.training.distributed import accumulation_steps, setup

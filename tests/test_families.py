@@ -29,7 +29,7 @@ from hypergen.models.backbones.causal import left_align
 from hypergen.models.families import families, family_of
 from hypergen.models.main import load_main_model
 from hypergen.recipe import parse_recipe
-from hypergen.runs import build_hypernet_method
+from hypergen.runs.assembly import build_hypernet_method
 from hypergen.training.optim import make_optimizer
 
 # family row: (tiny main model, LoRA targets the harness adapts: module names and roles)
@@ -270,8 +270,8 @@ def test_default_lora_targets_are_peft_defaults():
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_a_saved_hypernetwork_checks_its_main_model_by_the_family_shape_fields(family, tmp_path):
     from hypergen.models.main import save_main_model
-    from hypergen.pretrained import PretrainedHyperNetwork
-    from hypergen.runs import assemble
+    from hypergen.pretrained.hypernetwork import PretrainedHyperNetwork
+    from hypergen.runs.assembly import assemble
 
     recipe = recipe_of(family, "autoregressive", peft_spec(family, "lora"))
     saved = PretrainedHyperNetwork(assemble(recipe, torch.device("cpu"))).save_pretrained(tmp_path / "saved")

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from hypergen.builtin_recipes import builtin_recipe, method_label
+from hypergen.recipe.builtin import builtin_recipe, method_label
 from hypergen.cli import main
 from hypergen.recipe import parse_recipe
-from hypergen.runs import assemble
+from hypergen.runs.assembly import assemble
 from test_training import embedded_recipe, train
 
 TINY = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4}
@@ -70,7 +70,7 @@ def test_learned_states_ignore_the_demos_and_the_main_input_holds_them(tmp_path)
     for group in a.params:
         torch.testing.assert_close(a.params[group], b.params[group], rtol=0, atol=0)
         torch.testing.assert_close(a.params[group][0], a.params[group][1], rtol=0, atol=0)  # every task the same
-    from hypergen.runs import load_tasks
+    from hypergen.runs.tasks import load_tasks
 
     task = load_tasks(recipe, "train")[0]
     collator = assembled.collator

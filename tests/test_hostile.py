@@ -23,7 +23,7 @@ from hypergen.errors import HypergenError
 from hypergen.folders import FolderLock
 from hypergen.data.tasks import load_task
 from hypergen.io import atomic_save_tensors, atomic_write_json, sha256
-from hypergen.runs import prepare_run_dir
+from hypergen.runs.folder import prepare_run_dir
 from hypergen.training.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from hypergen.training.methods import HypernetMethod
 

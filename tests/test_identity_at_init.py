@@ -11,7 +11,7 @@ import torch
 import hypergen.components  # noqa: F401 - registers the built-in components
 from hypergen.models.adapted import adapted_forward, main_forward
 from hypergen.recipe import Training, parse_recipe
-from hypergen.runs import build_hypernet_method
+from hypergen.runs.assembly import build_hypernet_method
 from hypergen.models.main import load_main_model
 from hypergen.training.optim import make_optimizer
 from test_families import batch  # the harness's batch: 2 tasks' demos (one padded), 4 queries

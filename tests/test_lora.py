@@ -153,10 +153,10 @@ def test_beam_search_with_per_example_lora():
 
 
 def test_hypernetwork_trains_lora_and_only_it_gets_gradients(tmp_path):
-    from hypergen.runs import assemble
+    from hypergen.runs.assembly import assemble
     from hypergen.recipe import parse_recipe
     from hypergen.data.tasks import load_task_folder
-    from hypergen.runs import data_folder
+    from hypergen.runs.tasks import data_folder
     from test_training import embedded_recipe
 
     data = embedded_recipe(tmp_path, steps=2)

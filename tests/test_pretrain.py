@@ -13,15 +13,17 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import ByT5Tokenizer
 
-from hypergen.builtin_recipes import builtin_recipe
+from hypergen.recipe.builtin import builtin_recipe
 from hypergen.cli import main
-from hypergen.data.corpus import TaskText, load_corpus, task_document
-from hypergen.data.pretraining import ChunkSampler, PretrainCollator
+from hypergen.pretraining.corpus import TaskText, load_corpus, task_document
+from hypergen.pretraining.chunks import ChunkSampler, PretrainCollator
 from hypergen.errors import HypergenError, RecipeError
-from hypergen.pretraining import init_hypernet_from, pretraining_text
+from hypergen.runs.folder import init_hypernet_from
+from hypergen.pretraining.text import pretraining_text
 from hypergen.recipe import PretrainRecipe, load_recipe, parse_recipe
-from hypergen.recipe_pretrain import Corpus
-from hypergen.runs import assemble, load_tasks
+from hypergen.recipe.pretrain import Corpus
+from hypergen.runs.assembly import assemble
+from hypergen.runs.tasks import load_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -197,8 +197,8 @@ def test_an_end_of_turn_token_other_than_eos_ends_the_labels_and_stops_generatio
 
 
 def test_runs_and_adapters_written_before_the_prompt_setting_stay_plain(tmp_path):
-    from hypergen.adapters import DEFAULT_SETTINGS
-    from hypergen.runs import legacy_prompt, read_run
+    from hypergen.adapters.folder import DEFAULT_SETTINGS
+    from hypergen.runs.folder import legacy_prompt, read_run
 
     recipe = {"main_model": {"tiny": {}}, "data": {"source": "embedded"}}
     assert legacy_prompt(recipe)["data"]["prompt"] == "plain" and "prompt" not in recipe["data"]
@@ -219,7 +219,7 @@ def chat_folder(folder: Path) -> Path:
 
 
 def test_a_chat_run_trains_evaluates_and_its_adapter_predicts_in_the_same_prompt(tmp_path):
-    from hypergen.runs import load_final
+    from hypergen.runs.folder import load_final
     from test_causal import causal_recipe
     from test_training import train
 

@@ -10,7 +10,8 @@ import torch
 from hypergen.data.collate import Batch
 from hypergen.data.sampling import TaskSampler
 from hypergen.recipe import parse_recipe
-from hypergen.runs import assemble, load_tasks
+from hypergen.runs.assembly import assemble
+from hypergen.runs.tasks import load_tasks
 from hypergen.training.methods import HypernetMethod
 from hypergen.training.prefetch import PrefetchedBatches
 from hypergen.training.trainer import Trainer

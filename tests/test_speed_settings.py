@@ -1,4 +1,4 @@
-"""training.precision (one place for bf16, agreeing with distributed.precision) and training.compile."""
+"""training.precision (the one place for bf16; distributed.precision, its old place, still read) and training.compile."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from hypergen.cli import main
 from hypergen.errors import HypergenError, RecipeError
-from hypergen.recipe import parse_recipe
-from hypergen.runs import assemble, load_tasks
+from hypergen.recipe import parse_recipe, recipe_schema
+from hypergen.runs.assembly import assemble
+from hypergen.runs.tasks import load_tasks
 from hypergen.training import compile as compile_module
 
 from test_training import embedded_recipe, train
@@ -37,6 +38,16 @@ def test_precision_from_either_section(tmp_path, training, distributed, expected
     assert recipe.training.precision == expected
     if recipe.distributed is not None:  # what a DeepSpeed engine reads agrees
         assert recipe.distributed.precision == expected
+
+
+def test_precision_is_one_field(tmp_path):
+    """The schema has one precision, training's; a recipe that sets it in distributed (its old place) resolves to
+    training.precision alone, and reads back the same (a run written so resumes as the same recipe)."""
+    schema = recipe_schema()["hypernetwork"]["$defs"]
+    assert "precision" in schema["Training"]["properties"] and "precision" not in schema["Distributed"]["properties"]
+    resolved = json.loads(parse_recipe(_recipe(tmp_path, {}, {"backend": "ddp", "precision": "bf16"})).model_dump_json())
+    assert resolved["training"]["precision"] == "bf16" and "precision" not in resolved["distributed"]
+    assert json.loads(parse_recipe(resolved).model_dump_json()) == resolved
 
 
 def test_conflicting_precisions_name_both_fields(tmp_path):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hypergen.cli import main
 from hypergen.errors import RecipeError
 from hypergen.recipe import parse_recipe
-from hypergen.runs import load_tasks, training_and_validation
+from hypergen.runs.tasks import load_tasks, training_and_validation
 from hypergen.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from test_training import embedded_recipe
 

@@ -23,9 +23,12 @@ from ..data.tasks import Task
 from ..errors import HypergenError
 from ..models.backbones import is_causal
 from ..models.main import load_main_model
-from ..builtin_recipes import builtin_recipe
+from ..recipe.builtin import builtin_recipe
 from ..recipe import FinetuneRecipe, HypernetRecipe, parse_recipe, read_recipe_dict
-from ..runs import build_hypernet_method, load_final, load_tasks, read_run, resolve_device
+from ..runs.assembly import build_hypernet_method
+from ..runs.folder import load_final, read_run
+from ..runs.tasks import load_tasks
+from ..runs.devices import resolve_device
 from ..training.methods import HypernetMethod
 
 # label -> the hypernetwork section's generator and regularizers (everything else comes from the base recipe)

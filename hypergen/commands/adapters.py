@@ -26,11 +26,11 @@ def adapt(run_dir, task_file, demos_file, out, overwrite, quiet) -> None:
     The run's PEFT target writes its own format: LoRA runs give a peft LoRA folder (adapter_config.json +
     adapter_model.safetensors); prefix runs give hypergen's prefix folder. A tiny main model is saved into OUT/base_model so `hypergen predict` can reload it.
     """
-    from ..adapters import ADAPTER_FOLDER, export_adapter
+    from ..adapters.folder import ADAPTER_FOLDER, export_adapter
     from ..data.jsonl import read_demos_file
     from ..data.tasks import load_task
     from ..folders import prepare_output_dir
-    from ..runs import load_final, read_run
+    from ..runs.folder import load_final, read_run
     from ..recipe import FinetuneRecipe
 
     if (task_file is None) == (demos_file is None):

@@ -17,7 +17,7 @@ def recipes() -> None:
 @recipes.command("list")
 def recipes_list() -> None:
     """The built-in recipes (shipped inside the package): name, method, main model, description."""
-    from ..builtin_recipes import summaries
+    from ..recipe.builtin import summaries
 
     rows = summaries()
     width = max(len(r.name) for r in rows)
@@ -36,7 +36,7 @@ def recipes_copy(name, dest, overwrite) -> None:
 
     Relative paths in it (data.path, a main model folder) stay as they are: like those of every recipe they are
     resolved against the folder `hypergen train` runs in, not the recipe's folder."""
-    from ..builtin_recipes import copy_recipe
+    from ..recipe.builtin import copy_recipe
 
     target, relative = copy_recipe(name, dest, overwrite)
     click.echo(f"{name} copied to {target}")
@@ -51,7 +51,7 @@ def recipes_copy(name, dest, overwrite) -> None:
 @_code_option
 def recipes_validate(files, overrides) -> None:
     """Check FILES (paths or built-in recipe names) against the recipe schema and the registries."""
-    from ..builtin_recipes import resolve_recipe
+    from ..recipe.builtin import resolve_recipe
     from ..components.build import make_component
     from ..recipe import HypernetRecipe, load_recipe
 

@@ -104,7 +104,7 @@ def plot_attention_command(run_dir, num_tasks, out, device) -> None:
     (2 rows per layer) and are causal. The full matrix and the blocks are written as JSON beside the PNG.
     """
     from ..plots.attention import check_hypernetwork_run, plot_attention
-    from ..runs import resolve_device
+    from ..runs.devices import resolve_device
 
     resolved = resolve_device(device, "--device")
     check_hypernetwork_run(Path(run_dir))  # fail before loading any model

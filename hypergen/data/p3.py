@@ -129,7 +129,7 @@ def load_p3(root: str | Path, datasets: Iterable[str], split: str, shots: int = 
 
 
 def _load_hub(datasets_: Iterable[str], split: str, shots: int, max_instances: int | None) -> list[Task]:
-    from ..hub import hub_reachable
+    from ..pretrained.hub import hub_reachable
 
     if not hub_reachable():
         raise HypergenError(f"data.path: cannot reach the Hugging Face Hub for {HUB_ID}; download its subsets "

@@ -31,7 +31,8 @@ from ..folders import FolderKind, check_output_dir
 from ..io import atomic_write_json, atomic_write_text
 from ..models.backbones import is_causal
 from ..models.main import check_model_available, load_main_model
-from ..runs import load_tasks, resolve_device
+from ..runs.tasks import load_tasks
+from ..runs.devices import resolve_device
 from ..training.methods import FinetuneMethod
 from ..version import __version__
 from .evaluate import evaluate

@@ -18,7 +18,7 @@ from ..io import atomic_write_text
 
 if TYPE_CHECKING:
     from ..adapter_set import AdapterSet
-    from ..adapters import Adapter
+    from ..adapters.folder import Adapter
 
 
 def predict(adapter: Adapter, main_model: nn.Module, tokenizer, inputs: list[str], batch_size: int = 16,

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, ByT5Tokenizer
 
 from ..errors import HypergenError
-from ..hub import hub_reachable
+from ..pretrained.hub import hub_reachable
 from ..recipe import MainModel
 from .families import family_of, tiny_family
 from .families.t5 import tiny_t5  # noqa: F401 - re-exported

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HypergenError
-from ..hub import looks_like_repo_id
+from ..pretrained.hub import looks_like_repo_id
 from ..registry import registry
 from .gguf_cache import FORMAT, _stem, cached_conversion, check_gguf, file_key
 

@@ -36,7 +36,7 @@ from ..io import atomic_write_json
 def check_hypernetwork_run(run_dir: Path):
     """The run's recipe, or a one-line error naming the run: missing folder, not a run, a finetune run."""
     from ..recipe import FinetuneRecipe
-    from ..runs import read_run
+    from ..runs.folder import read_run
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -165,11 +165,12 @@ def aggregate(matrix: np.ndarray, blocks: list[tuple[str, list[int]]]) -> np.nda
 
 
 def attention_summary(run_dir: str | Path, num_tasks: int = 8, device=None) -> dict[str, Any]:
-    """Load the run (``hypergen.runs.load_final``), run it on its first ``num_tasks`` held-out tasks' demos and
+    """Load the run (``hypergen.runs.folder.load_final``), run it on its first ``num_tasks`` held-out tasks' demos and
     return the JSON-ready summary: ``matrix`` S x S (mean over heads and tasks), ``row_labels`` (S), ``rows`` (the
     generator's row -> layer map), ``blocks`` (``kind`` "layer" or "side", ``labels``, ``rows``, ``matrix`` K x K),
     ``generator``, ``autoregressive``, ``tasks``, ``heads``."""
-    from ..runs import load_final, load_tasks
+    from ..runs.folder import load_final
+    from ..runs.tasks import load_tasks
 
     run = Path(run_dir)
     recipe = check_hypernetwork_run(run)

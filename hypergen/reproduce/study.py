@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ..errors import HypergenError
 from ..io import atomic_write_json, atomic_write_text
 from ..recipe import parse_recipe
-from ..runs import resolve_device
+from ..runs.devices import resolve_device
 from .plan import CONTROL, CONTROL_KEYS, METHODS, Method, StudyConfig, alpha_grid_entry, data_label, \
     main_recipe, method_recipe, max_new_tokens, pretrain_recipe, pretrain_run_dir, SCALES
 
@@ -135,7 +135,7 @@ class Study:
     def _trained(self, label: str, key: str, seed: int, recipe: dict[str, Any], run_dir: Path) -> Path:
         """Train and evaluate ``recipe`` into ``run_dir`` (or read it back when it finished before); a pretrain
         recipe is trained only (its record: what its pre-training read)."""
-        from ..pipeline import train
+        from ..runs.train import train
 
         recipe_file = run_dir.parent / "recipes" / f"{run_dir.name}.json"
         resolved = json.loads(parse_recipe(recipe, str(recipe_file)).model_dump_json())
@@ -169,7 +169,7 @@ class Study:
     def _swept(self, label: str, key: str, seed: int, recipe: dict[str, Any], folder: Path) -> Path:
         """``hypergen sweep`` of alpha over ``cfg.alpha_grid`` into ``folder`` (a run per alpha, chosen on the
         validation split, only the chosen run tested); returns the chosen run."""
-        from ..sweep import plan_sweep, run_sweep
+        from ..runs.sweep import plan_sweep, run_sweep
 
         recipe_file = folder.parent / "recipes" / f"{folder.name}.json"
         atomic_write_text(recipe_file, json.dumps(recipe, indent=2) + "\n")
@@ -193,7 +193,7 @@ class Study:
         """The demos controls: the same run evaluated with every held-out task given another task's demos, random
         tokens of the same length, and no demos (``hypergen eval --control``)."""
         from ..data.controls import control_dir
-        from ..pipeline import evaluate_run
+        from ..runs.evaluate import evaluate_run
 
         own_scores = run_dir / "eval" / "scores.json"
         entry = self._entry(label, key, seed)
@@ -245,7 +245,9 @@ class Study:
         from ..baselines import tune_and_predict
         from ..evaluation.metrics import score_predictions
         from ..models.main import freeze
-        from ..runs import assemble, load_final, load_tasks
+        from ..runs.assembly import assemble
+        from ..runs.folder import load_final
+        from ..runs.tasks import load_tasks
 
         run_dir = folder / f"{method.key}-s{seed}"
         scale, steps = SCALES[self.cfg.scale], self.cfg.steps_for(source)

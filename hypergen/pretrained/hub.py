@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import HypergenError
+from ..errors import HypergenError
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -3,22 +3,18 @@
 A hypernetwork recipe names its components by registered name plus parameters, e.g.
 ``"generator": {"name": "autoregressive", "reverse": false}``, so HART, HyperTuning and hybrids are the same trainer
 with different recipes. A finetune recipe (``"kind": "finetune"``) multi-task fine-tunes a main model; a pretrain
-recipe (``"kind": "pretrain"``) pre-trains a hypernetwork on raw text (HyperTuning-PT, :mod:`.recipe_pretrain`).
+recipe (``"kind": "pretrain"``) pre-trains a hypernetwork on raw text (HyperTuning-PT, :mod:`.pretrain`).
 The defaults here are the paper's (appendix 6.1.3); the tiny recipes override them.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .errors import HypergenError, RecipeError
-from .recipe_checks import MAX_DEPTH, Strict, check_plain_json, format_validation_error, tiny_architecture  # noqa: F401
-from .recipe_pretrain import Pretrain
-from .io import read_json
+from .checks import Strict, tiny_architecture
+from .pretrain import Pretrain
 
 
 class ComponentSpec(BaseModel):
@@ -157,22 +153,29 @@ class Distributed(Strict):
 
     ``backend: "deepspeed"`` hands the step to a DeepSpeed engine (hypergen/training/backends/deepspeed.py): ZeRO
     stage 1, 2 or 3 partitions the optimizer state (1), also the gradients (2), also the weights (3) over the
-    processes; the optimizer is still hypergen's (AdamW or 8-bit Adam, as DeepSpeed's client optimizer)."""
+    processes; the optimizer is still hypergen's (AdamW or 8-bit Adam, as DeepSpeed's client optimizer).
+
+    Precision is one setting, ``training.precision``, for one process as for several; ``distributed.precision``
+    (where it was set before) is still read, as ``training.precision``, and read back here as :attr:`precision`
+    (DeepSpeed's ``bf16`` section follows it: bf16 module copies, fp32 master weights in the optimizer)."""
+
+    _precision: Literal["fp32", "bf16"] = PrivateAttr("fp32")
 
     backend: Literal["ddp", "deepspeed"] = Field(
         "ddp", description="ddp: torch.distributed, gradients all-reduced (nccl on GPU, gloo on CPU); deepspeed: "
         "a DeepSpeed engine with ZeRO (zero_stage 1-3), hypergen's optimizer as its client optimizer")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 1-3 with deepspeed, 0 with ddp")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: forward and backward under bfloat16 autocast; the trained weights and the "
-        "optimizer stay fp32 (deepspeed: bf16 module copies, fp32 master weights in the optimizer); the same "
-        "as training.precision (set either, or both to the same value)")
     offload_optimizer: bool = Field(
         False, description="deepspeed: optimizer state and step in CPU memory (ZeRO-Offload); needs optimizer "
         "'adamw' (run as DeepSpeedCPUAdam)")
     world_size: int | None = Field(
         None, ge=1, description="the number of processes the recipe was sized for (the paper: 8 GPUs); a "
         "multi-process launch with another number warns; the global batch_size is kept either way")
+
+    @property
+    def precision(self) -> str:
+        """``training.precision`` of the recipe this section belongs to (set when the recipe is validated)."""
+        return self._precision
 
     @model_validator(mode="after")
     def _stages(self) -> "Distributed":
@@ -225,8 +228,9 @@ class Training(Strict):
         "\"hart\"}]")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the main model's and the hypernetwork's forward (and backward) under bfloat16 "
-        "autocast, in one process as in several; the trained weights and the optimizer stay fp32. "
-        "distributed.precision, where also set, must agree")
+        "autocast, in one process as in several; the trained weights and the optimizer stay fp32 (deepspeed: bf16 "
+        "module copies, fp32 master weights in the optimizer). The one precision setting: a recipe's "
+        "distributed.precision, its old place, is read as this field")
     compile: bool = Field(
         False, description="torch.compile each block of the main model and of the hypernetwork (per block, so "
         "recompilation stays local); needs a working C compiler on CPU (benchmarks/results/throughput_sdpa.md)")
@@ -247,22 +251,32 @@ class Training(Strict):
         return value
 
 
-def _distributed_fits_training(recipe):
-    """A recipe validator: its ``distributed`` section can run its ``training`` section, and the precision is one.
+def _precision_in_training(data: Any) -> Any:
+    """A recipe validator, before the fields: ``distributed.precision``, precision's place before it was one field,
+    moved to ``training.precision`` (two different values are an error naming both fields)."""
+    if not isinstance(data, dict) or not isinstance(data.get("distributed"), dict):
+        return data
+    if "precision" not in data["distributed"]:
+        return data
+    distributed = dict(data["distributed"])
+    value = distributed.pop("precision")
+    training = data.get("training", {})
+    if isinstance(training, dict):
+        if "precision" in training and training["precision"] != value:
+            raise ValueError(f"training.precision ({training['precision']!r}) and distributed.precision ({value!r}) "
+                             "disagree; precision is one setting, training.precision (distributed.precision, its "
+                             "old place, is still read): set training.precision alone")
+        training = {**training, "precision": value}
+    return {**data, "distributed": distributed, "training": training}
 
-    ``training.precision`` and ``distributed.precision`` may each be set alone or both to the same value; after
-    validation both hold that value (so the trainer and a DeepSpeed engine read the same)."""
+
+def _distributed_fits_training(recipe):
+    """A recipe validator: its ``distributed`` section can run its ``training`` section, and reads its precision."""
     distributed, training = recipe.distributed, recipe.training
     if distributed is None:
         return recipe
     distributed.check_training(training)
-    if "precision" in distributed.model_fields_set:
-        if "precision" in training.model_fields_set and training.precision != distributed.precision:
-            raise ValueError(f"training.precision ({training.precision!r}) and distributed.precision "
-                             f"({distributed.precision!r}) disagree; set one of them, or both to the same value")
-        training.precision = distributed.precision
-    else:
-        distributed.precision = training.precision
+    distributed._precision = training.precision
     return recipe
 
 
@@ -283,6 +297,7 @@ class HypernetRecipe(Strict):
     evaluation: Evaluation = Evaluation()
     distributed: Distributed | None = None
 
+    _one_precision = model_validator(mode="before")(_precision_in_training)
     _check_distributed = model_validator(mode="after")(_distributed_fits_training)
 
 
@@ -301,6 +316,7 @@ class FinetuneRecipe(Strict):
     evaluation: Evaluation = Evaluation()
     distributed: Distributed | None = None
 
+    _one_precision = model_validator(mode="before")(_precision_in_training)
     _check_distributed = model_validator(mode="after")(_distributed_fits_training)
 
     @model_validator(mode="after")
@@ -324,77 +340,7 @@ Recipe = HypernetRecipe | FinetuneRecipe | PretrainRecipe
 RECIPE_KINDS = {"finetune": FinetuneRecipe, "pretrain": PretrainRecipe}  # else "hypernetwork"
 
 
-def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
-    """Validate a recipe given as a dict; raise RecipeError naming each bad field's path."""
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a JSON object at the top level, got {type(data).__name__}")
-    check_plain_json(data, where)
-    model = RECIPE_KINDS.get(data.get("kind"), HypernetRecipe)
-    try:
-        recipe = model.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(format_validation_error(exc, where)) from None
-    if recipe.training.eval_every and isinstance(recipe, PretrainRecipe):
-        raise RecipeError(f"{where}: training.eval_every: a pretrain run has no periodic evaluation (it trains on "
-                          "text, not tasks); remove eval_every")
-    if recipe.training.eval_every and recipe.data.validation_tasks is None:
-        raise RecipeError(f"{where}: training.eval_every: periodic evaluation scores the validation split, never the "
-                          "test tasks; set data.validation_tasks (a fraction of the training tasks or their names) "
-                          "or remove eval_every")
-    return recipe
-
-
-def read_recipe_dict(path: str | Path) -> dict[str, Any]:
-    """The JSON object of a recipe file (UTF-8, or UTF-16/32 with a byte-order mark), checked for NaN, infinity
-    and depth; every problem is one line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        data = read_json(path, "recipe")
-    except HypergenError as exc:
-        raise RecipeError(str(exc)) from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
-    check_plain_json(data, str(path))
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--set") -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides; the value is parsed as JSON when it parses, else kept as a string."""
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"{where} {item!r}: expected key.path=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the text itself
-            value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise RecipeError(f"{where} {key}: {part!r} is not inside an object")
-            node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise RecipeError(f"{where} {key}: cannot set {last!r} there")
-    return data
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    data = apply_overrides(read_recipe_dict(path), overrides or [])
-    return parse_recipe(data, str(path))
-
-
-def recipe_schema() -> dict[str, Any]:
-    """The JSON schema of every recipe kind."""
-    return {"hypernetwork": HypernetRecipe.model_json_schema(),
-            **{kind: model.model_json_schema() for kind, model in RECIPE_KINDS.items()}}
+def recipe_sections() -> frozenset[str]:
+    """Every top-level key a recipe of any kind may hold (``main_model``, ``training``, ``few_shot``, ...), read
+    from the models above."""
+    return frozenset().union(*(model.model_fields for model in (HypernetRecipe, *RECIPE_KINDS.values())))

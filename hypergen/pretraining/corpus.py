@@ -17,9 +17,9 @@ from typing import Sequence
 from unittest import mock
 
 from ..errors import HypergenError
-from ..hub import hub_reachable
-from ..recipe_pretrain import Corpus
-from .tasks import Task
+from ..pretrained.hub import hub_reachable
+from ..recipe.pretrain import Corpus
+from ..data.tasks import Task
 
 WHERE = "pretrain.corpus"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -73,7 +73,7 @@ class DatasetText:
 
 
 def load_corpus(spec: Corpus) -> DatasetText:
-    """The corpus ``spec`` names, loaded through ``datasets.load_dataset``; see :class:`~hypergen.recipe_pretrain.
+    """The corpus ``spec`` names, loaded through ``datasets.load_dataset``; see :class:`~hypergen.recipe.pretrain.
     Corpus` for what ``path`` may be. A hub id is read from the local cache when the hub is unreachable."""
     builder, data_files = _builder_and_files(spec)
     hub_id = builder == spec.path and builder not in BUILDERS

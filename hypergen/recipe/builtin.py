@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import HypergenError
-from .io import atomic_write_bytes
+from ..errors import HypergenError
+from ..io import atomic_write_bytes
 
 CONSISTENCY = "local_consistency"
 

@@ -1,5 +1,5 @@
 """The ``pretrain`` section of a pretrain recipe (``"kind": "pretrain"``, HyperTuning-PT's first stage): how each
-text is cut into four chunks, and where the text comes from (:mod:`hypergen.data.corpus`)."""
+text is cut into four chunks, and where the text comes from (:mod:`hypergen.pretraining.corpus`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .recipe_checks import Strict
+from .checks import Strict
 
 
 class Corpus(Strict):

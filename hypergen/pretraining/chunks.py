@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import HypergenError
-from .collate import Batch
+from ..data.collate import Batch
 
 MAX_SKIPS_IN_A_ROW = 1000  # draws of too-short texts in a row before the chunk lengths are declared too long
 

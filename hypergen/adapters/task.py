@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from .adapters import Adapter, export_adapter, prediction_settings, write_adapter
-from .evaluation.predict import predict
-from .data.tasks import Task
-from .errors import HypergenError
-from .models.hypernet import TaskParameters
+from .folder import Adapter, export_adapter, prediction_settings, write_adapter
+from ..evaluation.predict import predict
+from ..data.tasks import Task
+from ..errors import HypergenError
+from ..models.hypernet import TaskParameters
 
 
 class TaskAdapter:

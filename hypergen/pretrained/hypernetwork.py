@@ -3,7 +3,7 @@
 :class:`PretrainedHyperNetwork` (exported as ``hypergen.HyperNetwork``) is an *assembled run*: the frozen main
 model, the trained hypernetwork (the ``nn.Module`` :class:`hypergen.models.hypernet.HyperNetwork`, as ``.module``),
 the PEFT target and the tokenizer. ``from_pretrained`` loads one from a run folder, a saved folder or a hub id;
-``adapt`` turns demos into :class:`~hypergen.task_adapter.TaskAdapter` objects; ``save_pretrained`` /
+``adapt`` turns demos into :class:`~hypergen.adapters.task.TaskAdapter` objects; ``save_pretrained`` /
 ``push_to_hub`` share it.
 
 A saved folder (``format_version`` 1)::
@@ -30,15 +30,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .version import __version__
-from .builtin_recipes import method_label
-from .data.tasks import Task
-from .errors import HypergenError
+from ..version import __version__
+from ..recipe.builtin import method_label
+from ..data.tasks import Task
+from ..errors import HypergenError
 from .hub import check_repo_id, looks_like_repo_id, require_hub, snapshot, upload_folder
-from .folders import FolderKind, prepare_output_dir, staged_folder
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, read_json_object
+from ..folders import FolderKind, prepare_output_dir, staged_folder
+from ..io import atomic_save_tensors, atomic_write_json, atomic_write_text, read_json_object
 from .model_card import evaluation_of_run, model_card
-from .task_adapter import TaskAdapter
+from ..adapters.task import TaskAdapter
 
 FORMAT = "hypergen.hypernetwork"
 FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ SAVED_FOLDER = FolderKind("saved hypernetwork", CONFIG, frozenset({CONFIG, WEIGH
 def main_model_shape(config) -> dict[str, int]:
     """The config fields a saved hypernetwork checks its main model by: its family's ``shape_fields`` (T5: layers,
     widths, heads; a Llama: num_hidden_layers, num_key_value_heads, head_dim, hidden_size; all: vocab_size)."""
-    from .models.families import family_of
+    from ..models.families import family_of
 
     return family_of(config).config_shape(config)
 
@@ -107,7 +107,7 @@ class PretrainedHyperNetwork:
         repo id (``owner/name``, at ``revision``; the local cache first, and where the hub cannot be reached one
         line at once). ``main_model``: another folder or hub id for the main model (e.g. a local copy of the one
         the hypernetwork names); its shapes must be those it was trained on. ``device``: default the recipe's."""
-        from .runs import resolve_device
+        from ..runs.devices import resolve_device
 
         device = resolve_device(str(device), "device") if device is not None else None
         path = Path(name_or_path).expanduser()
@@ -130,8 +130,8 @@ class PretrainedHyperNetwork:
 
     @classmethod
     def _from_run(cls, run_dir: Path, main_model: str | None, device) -> "PretrainedHyperNetwork":
-        from .recipe import FinetuneRecipe
-        from .runs import read_run
+        from ..recipe import FinetuneRecipe
+        from ..runs.folder import read_run
 
         recipe = read_run(run_dir)
         if isinstance(recipe, FinetuneRecipe):
@@ -148,9 +148,9 @@ class PretrainedHyperNetwork:
     def _from_saved(cls, folder: Path, main_model: str | None, device, source: str) -> "PretrainedHyperNetwork":
         from transformers import AutoConfig, AutoTokenizer
 
-        from .models.main import check_model_available, resolve_main_model_path
-        from .recipe import parse_recipe
-        from .runs import legacy_prompt
+        from ..models.main import check_model_available, resolve_main_model_path
+        from ..recipe import parse_recipe
+        from ..runs.folder import legacy_prompt
 
         config_file = folder / CONFIG
         config = read_json_object(config_file)
@@ -176,7 +176,7 @@ class PretrainedHyperNetwork:
                                            where=str(config_file))
         tokenizer_dir = folder / TOKENIZER_DIR
         if tokenizer_dir.is_dir():
-            from .data.collate import Collator
+            from ..data.collate import Collator
 
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
             collator = Collator(tokenizer, assembled.recipe.data, causal=assembled.collator.causal)
@@ -214,8 +214,8 @@ class PretrainedHyperNetwork:
         """Write a self-describing folder (see the module docstring), atomically. ``copy_main_model``: copy the
         main model into the folder (default: unless it is named by a hub id or a packaged model's name, i.e. tiny
         or a local folder or GGUF file)."""
-        from .models.main import save_main_model
-        from .models.packaged import is_packaged_name
+        from ..models.main import save_main_model
+        from ..models.packaged import is_packaged_name
 
         folder = prepare_output_dir(Path(folder), SAVED_FOLDER, overwrite, "save_pretrained")
         recipe = self.recipe_dict
@@ -257,7 +257,7 @@ class PretrainedHyperNetwork:
 def _one_task(generated, index: int):
     """Task ``index`` of a pass over T tasks, as a batch of one, its demos' padding trimmed (so that it equals a pass
     over that task alone): params {group: 1 x L x rows x width}, encoder states 1 x n_i x d_h, mask 1 x n_i."""
-    from .models.hypernet import TaskParameters
+    from ..models.hypernet import TaskParameters
 
     mask = generated.encoder_mask[index]
     length = int(mask.nonzero().max()) + 1 if bool(mask.any()) else mask.shape[0]
@@ -267,9 +267,9 @@ def _one_task(generated, index: int):
 
 
 def _as_task(demos, where: str, name: str, definition: str | None) -> Task:
-    from .data.jsonl import read_demos_file
-    from .data.demos import task_from_demos
-    from .data.tasks import load_task
+    from ..data.jsonl import read_demos_file
+    from ..data.demos import task_from_demos
+    from ..data.tasks import load_task
 
     if isinstance(demos, Task):
         return demos
@@ -292,7 +292,7 @@ def _with_main_model(recipe, name_or_path: str):
 
 
 def _assemble_with_weights(recipe, weights: Path, device, where: str):
-    from .runs import assemble
+    from ..runs.assembly import assemble
 
     assembled = assemble(recipe, device)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 
 class Strict(BaseModel):
@@ -59,7 +59,7 @@ def check_plain_json(data: Any, where: str) -> None:
 def tiny_architecture(value: str) -> str:
     """``main_model.tiny.architecture``: the name of a registered family's tiny builder (t5, llama, qwen2, mistral,
     gemma3, gpt2, or a plugin's)."""
-    from .models.families import tiny_names
+    from ..models.families import tiny_names
 
     if value not in tiny_names():
         raise ValueError(f"unknown architecture {value!r}; known: {', '.join(tiny_names())}")

@@ -40,13 +40,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .components.base import ADAPTER_CONFIG, PEFTTarget
-from .data.tasks import Task
-from .errors import HypergenError, UnknownComponentError
-from .folders import FolderKind, prepare_output_dir, staged_folder
-from .io import atomic_save_tensors, atomic_write_json, read_json_object, read_safetensors
-from .models.hypernet import TaskParameters
-from .registry import registry
+from ..components.base import ADAPTER_CONFIG, PEFTTarget
+from ..data.tasks import Task
+from ..errors import HypergenError, UnknownComponentError
+from ..folders import FolderKind, prepare_output_dir, staged_folder
+from ..io import atomic_save_tensors, atomic_write_json, read_json_object, read_safetensors
+from ..models.hypernet import TaskParameters
+from ..registry import registry
 
 FUSION_WEIGHTS = "fusion.safetensors"
 SETTINGS = "hypergen_adapter.json"
@@ -256,7 +256,7 @@ def export_adapter(assembled, task: Task, out: str | Path, run_dir: str | Path |
     """Generate ``task``'s parameters with a loaded run and write them to ``out`` atomically (a temporary folder
     beside ``out``, then a rename). A ``tiny`` main model is saved into ``out/base_model``. ``parameters``: the
     task's parameters (a batch of one) when they were already generated, instead of a new pass."""
-    from .models.main import save_main_model
+    from ..models.main import save_main_model
 
     out = prepare_output_dir(Path(out), ADAPTER_FOLDER, overwrite, "--out")
     recipe, method = assembled.recipe, assembled.method

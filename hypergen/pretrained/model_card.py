@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .builtin_recipes import method_label, main_model_label
-from .data.controls import LEGACY_OTHER_DEMOS_DIR, control_dir
+from ..recipe.builtin import method_label, main_model_label
+from ..data.controls import LEGACY_OTHER_DEMOS_DIR, control_dir
 
 METRICS = ("exact_match", "rougeL", "accuracy")
 

@@ -2,7 +2,7 @@
 
 The paper selects alpha from {1, 5, 10, 20}. A sweep trains the recipe once per grid point (the cartesian product
 of the ``--grid KEY=V1,V2`` entries, each value applied as ``--set KEY=V`` would be) through the same
-:func:`hypergen.pipeline.train` as ``hypergen train``, each into a normal run folder ``DIR/<point>/``, and scores
+:func:`hypergen.runs.train.train` as ``hypergen train``, each into a normal run folder ``DIR/<point>/``, and scores
 each on its validation tasks (``data.validation_tasks``, held back from the training tasks) into
 ``DIR/<point>/validation/``. It picks the point with the highest validation ROUGE-L (rank-classification accuracy
 for P3; ties go to the earlier point in grid order), writes ``DIR/sweep.md`` and ``DIR/sweep.json``, and only then
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import HypergenError
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .recipe import HypernetRecipe, apply_overrides, parse_recipe, read_recipe_dict
+from ..errors import HypergenError
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..recipe import HypernetRecipe, apply_overrides, parse_recipe, read_recipe_dict
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _split_values(raw: str) -> list[str]:
 
 def _resolve(recipe_path: str, overrides: list[str], where: str) -> dict[str, Any]:
     """The recipe with ``overrides`` applied, validated like ``hypergen recipes validate`` (components built)."""
-    from .components.build import make_component
+    from ..components.build import make_component
 
     try:
         data = apply_overrides(read_recipe_dict(recipe_path), overrides, where="override")
@@ -161,7 +161,8 @@ def metric_of(overall: dict[str, Any]) -> str:
 def run_sweep(sweep: Sweep, resume: bool = False, overwrite: bool = False, progress: bool = True,
               evaluate_test: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or read back) every point, pick the best on validation, write the table, test the chosen run."""
-    from .pipeline import SPLIT_DIRS, evaluate_run, train
+    from .evaluate import SPLIT_DIRS, evaluate_run
+    from .train import train
 
     check_output(sweep, resume, overwrite)
     rows = []
