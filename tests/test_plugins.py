@@ -22,7 +22,7 @@ from hypergen.models.backbones import main_model_shape
 from hypergen.components.projectors import LayerwiseMLPProjector
 from hypergen.components.targets.prefix import PrefixTarget
 from hypergen.models.hypernet import HyperNetwork
-from test_components import demos
+from tests.components.test_components import demos
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "plugins" / "hypergen-blocks"
