@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from hypergen.adapter_set import AdapterSet, load_adapter_set
+    from hypergen.adapters.stack import AdapterSet, load_adapter_set
     from hypergen.evaluation.predict import predict_rows
 
     rows_out = []

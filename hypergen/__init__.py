@@ -2,7 +2,7 @@
 
 ``hypergen.HyperNetwork`` (:class:`hypergen.pretrained.PretrainedHyperNetwork`, imported on first use) loads a
 trained hypernetwork with its main model: ``HyperNetwork.from_pretrained(run folder, saved folder or hub id)``.
-``hypergen.predict_many`` (:func:`hypergen.multi_task.predict_many`) decodes queries of several tasks' adapters in
+``hypergen.predict_many`` (:func:`hypergen.adapters.multi_task.predict_many`) decodes queries of several tasks' adapters in
 shared batches.
 """
 
@@ -16,7 +16,7 @@ def __getattr__(name: str):
 
         return PretrainedHyperNetwork
     if name == "predict_many":
-        from .multi_task import predict_many
+        from .adapters.multi_task import predict_many
 
         return predict_many
     raise AttributeError(f"module 'hypergen' has no attribute {name!r}")

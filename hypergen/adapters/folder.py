@@ -145,7 +145,7 @@ def base_model_of(folder: str | Path) -> str:
 @dataclass
 class Adapter:
     """A loaded adapter: its target (prepared on the main model) and one task's parameters (a batch of 1). To
-    decode with it, stack it (alone or with others) into a :class:`hypergen.adapter_set.AdapterSet`."""
+    decode with it, stack it (alone or with others) into a :class:`hypergen.adapters.stack.AdapterSet`."""
 
     folder: Path
     kind: str                                  # the target's adapter format, e.g. "lora" or "prefix"

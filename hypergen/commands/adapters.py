@@ -88,7 +88,7 @@ def predict(adapter_specs, input_file, output_file, batch_size, max_new_tokens, 
     Several adapters are stacked and every batch mixes them (per-example parameters, one generate per batch); they
     must share the target, its rank and targets, the main model and the prompt settings.
     """
-    from ..adapter_set import load_adapter_set
+    from ..adapters.stack import load_adapter_set
     from ..data.jsonl import read_adapter_queries
     from ..evaluation.predict import predict_rows, write_predictions
 
@@ -112,7 +112,7 @@ def check_adapter(folder) -> None:
     """Check that vLLM can serve the LoRA adapter FOLDER as it is (peft's keys and module names, a rank vLLM's
     --max-lora-rank covers, no full weights, biases or DoRA, no prefix or fusion states); print each problem.
     Exit 2 when there is one."""
-    from ..serving import check_vllm_compatible, smallest_max_lora_rank
+    from ..adapters.serving import check_vllm_compatible, smallest_max_lora_rank
     from ..io import read_json_object
 
     problems = check_vllm_compatible(folder)

@@ -1,7 +1,7 @@
 """``hypergen predict``: decode queries with loaded adapters and write ``{"input", "prediction"}`` lines.
 
 One adapter (:func:`predict`) is the case N = 1 of several (:func:`predict_rows`): the adapters are stacked
-(:class:`hypergen.adapter_set.AdapterSet`) and each batch, whichever adapters its queries name, is one
+(:class:`hypergen.adapters.stack.AdapterSet`) and each batch, whichever adapters its queries name, is one
 ``generate`` with per-example parameters.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 from ..io import atomic_write_text
 
 if TYPE_CHECKING:
-    from ..adapter_set import AdapterSet
+    from ..adapters.stack import AdapterSet
     from ..adapters.folder import Adapter
 
 
@@ -27,7 +27,7 @@ def predict(adapter: Adapter, main_model: nn.Module, tokenizer, inputs: list[str
     """Decode every input with the adapter applied, in batches (the same tokenization as evaluation: the run's
     collator, for a causal LM the run's prompt, its demo style's or the chat template). Unset options come from the
     adapter's settings (the run's evaluation and prompt settings)."""
-    from ..adapter_set import AdapterSet
+    from ..adapters.stack import AdapterSet
 
     return predict_rows(AdapterSet.stack({"adapter": adapter}), [0] * len(inputs), main_model, tokenizer, inputs,
                         batch_size, max_new_tokens, num_beams, max_input_length, progress)

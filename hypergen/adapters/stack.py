@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.folder import Adapter, base_model_of, load_adapter, read_adapter_config
-from .errors import HypergenError
-from .models.adapted import adapted_generate
-from .models.hypernet import TaskParameters
+from .folder import Adapter, base_model_of, load_adapter, read_adapter_config
+from ..errors import HypergenError
+from ..models.adapted import adapted_generate
+from ..models.hypernet import TaskParameters
 
 # What every adapter of a batch must agree on (hypergen_adapter.json): how queries are written and decoded
 SHARED_SETTINGS = ("fusion_in_decoder", "prompt", "demo_style", "max_input_length", "max_new_tokens", "num_beams",
@@ -170,9 +170,9 @@ def shared_main_model(folders: dict[str, Path]) -> str:
 def load_adapter_set(folders: dict[str, str | Path], base_model: str | None = None):
     """Load adapter folders ({name: folder}) onto one main model (``base_model``, or the one they all name) and
     stack them. Returns ``(AdapterSet, main model, tokenizer)``."""
-    from .models.main import load_main_model
-    from .recipe import MainModel
-    from .runs.devices import resolve_device
+    from ..models.main import load_main_model
+    from ..recipe import MainModel
+    from ..runs.devices import resolve_device
 
     folders = {name: Path(folder) for name, folder in folders.items()}
     settings = {name: read_adapter_config(folder)[2] for name, folder in folders.items()}  # readable, before loading

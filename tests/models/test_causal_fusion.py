@@ -20,8 +20,8 @@ from hypergen.models.adapted import main_forward, main_generate
 from hypergen.models.backbones.base import Context
 from hypergen.models.main import freeze, tiny_causal
 from hypergen.recipe import TinyT5
-from test_causal import causal_recipe
-from test_training import train
+from tests.models.test_causal import causal_recipe
+from tests.training.test_training import train
 
 WIDTHS = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
 

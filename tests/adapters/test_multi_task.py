@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import hypergen
-from hypergen.adapter_set import AdapterSet
+from hypergen.adapters.stack import AdapterSet
 from hypergen.cli import main
 from hypergen.errors import HypergenError
-from test_causal import causal_recipe
-from test_training import embedded_recipe, train
+from tests.models.test_causal import causal_recipe
+from tests.training.test_training import embedded_recipe, train
 
 QUERIES = ["ab", "7", "hello there", "xyz", "q", "1 2 3", "abcabc", "zz"]
 

@@ -5,7 +5,7 @@
     hypergen.predict_many({"a": "adapters/a", "b": "adapters/b"}, ...)   # or adapter folders (`hypergen adapt`)
 
 The same decoding as ``hypergen predict --adapter a=DIR --adapter b=DIR``: the adapters' parameters are stacked and
-each batch mixes adapters, one ``generate`` per batch (see :mod:`hypergen.adapter_set`).
+each batch mixes adapters, one ``generate`` per batch (see :mod:`hypergen.adapters.stack`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .adapter_set import AdapterSet, load_adapter_set
-from .errors import HypergenError
-from .evaluation.predict import predict_rows
-from .adapters.task import TaskAdapter
+from .stack import AdapterSet, load_adapter_set
+from ..errors import HypergenError
+from ..evaluation.predict import predict_rows
+from .task import TaskAdapter
 
 
 def predict_many(adapters: Mapping[str, TaskAdapter | str | Path], queries: Iterable[tuple[str, str]],

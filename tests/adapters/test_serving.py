@@ -1,4 +1,4 @@
-"""`hypergen check-adapter` / `hypergen.serving.check_vllm_compatible`: an exported causal LoRA folder passes vLLM's
+"""`hypergen check-adapter` / `hypergen.adapters.serving.check_vllm_compatible`: an exported causal LoRA folder passes vLLM's
 documented loader constraints; each hand-made corruption is named (issue 28)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from hypergen.cli import main
-from hypergen.serving import MAX_LORA_RANKS, check_vllm_compatible, smallest_max_lora_rank
-from test_causal import causal_recipe
-from test_training import embedded_recipe, train
+from hypergen.adapters.serving import MAX_LORA_RANKS, check_vllm_compatible, smallest_max_lora_rank
+from tests.models.test_causal import causal_recipe
+from tests.training.test_training import embedded_recipe, train
 
 
 def invoke(*args):

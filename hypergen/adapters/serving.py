@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import HypergenError
+from ..errors import HypergenError
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 # The projections vLLM's Llama, Qwen2, Mistral and Gemma 3 implementations adapt (peft's names; vLLM packs q/k/v
@@ -44,7 +44,7 @@ def smallest_max_lora_rank(rank: int) -> int | None:
 
 def _main_model_config(folder: Path) -> dict[str, Any] | None:
     """The main model's ``config.json`` when the folder names a local one (else None: widths go unchecked)."""
-    from .adapters.folder import base_model_of
+    from .folder import base_model_of
 
     try:
         config = Path(base_model_of(folder)).expanduser() / "config.json"
@@ -146,9 +146,9 @@ def check_vllm_compatible(folder: str | Path) -> list[str]:
     predicts (each one line, naming the file, key or field); empty when it can serve it with ``--enable-lora
     --max-lora-rank`` :func:`smallest_max_lora_rank` of its ``r``. Weight widths are checked against the main
     model's ``config.json`` when the folder names a local one (Llama-style and GPT-2 configs)."""
-    from .adapters.folder import FUSION_WEIGHTS, SETTINGS
-    from .components.base import ADAPTER_CONFIG
-    from .io import read_json_object, read_safetensors
+    from .folder import FUSION_WEIGHTS, SETTINGS
+    from ..components.base import ADAPTER_CONFIG
+    from ..io import read_json_object, read_safetensors
 
     folder = Path(folder)
     if not folder.is_dir():
