@@ -274,7 +274,7 @@ def test_hypernetwork_starts_from_fp32_weights_when_the_main_model_runs_in_bf16(
     from hypergen.recipe import parse_recipe
     from hypergen.runs.assembly import assemble
 
-    from test_training import embedded_recipe
+    from tests.training.test_training import embedded_recipe
 
     data = embedded_recipe(tmp_path)
     data["main_model"]["dtype"] = "bfloat16"

@@ -157,7 +157,7 @@ def test_hypernetwork_trains_lora_and_only_it_gets_gradients(tmp_path):
     from hypergen.recipe import parse_recipe
     from hypergen.data.tasks import load_task_folder
     from hypergen.runs.tasks import data_folder
-    from test_training import embedded_recipe
+    from tests.training.test_training import embedded_recipe
 
     data = embedded_recipe(tmp_path, steps=2)
     data["peft"] = {"name": "lora", "rank": 2}

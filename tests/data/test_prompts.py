@@ -220,8 +220,8 @@ def chat_folder(folder: Path) -> Path:
 
 def test_a_chat_run_trains_evaluates_and_its_adapter_predicts_in_the_same_prompt(tmp_path):
     from hypergen.runs.folder import load_final
-    from test_causal import causal_recipe
-    from test_training import train
+    from tests.models.test_causal import causal_recipe
+    from tests.training.test_training import train
 
     recipe = causal_recipe(tmp_path, steps=2)
     recipe["main_model"] = {"name_or_path": str(chat_folder(tmp_path / "chat"))}
@@ -339,8 +339,8 @@ def test_bad_frozen_options_are_one_line_naming_the_option(tmp_path, args, messa
 
 
 def test_frozen_with_a_run_scores_its_main_model_beside_it(tmp_path):
-    from test_causal import causal_recipe
-    from test_training import train
+    from tests.models.test_causal import causal_recipe
+    from tests.training.test_training import train
 
     recipe = causal_recipe(tmp_path, steps=1)
     run = train(tmp_path, recipe, tmp_path / "runs" / "hart")

@@ -97,18 +97,31 @@ def run_bash(code: str, cwd: Path, where: str) -> None:
                                    f"{result.stderr[-3000:]}"
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """A recipe's ``training.threads`` sets torch's thread count in this process; the tests after keep theirs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A folder holding what a reader has after ``make demo``, shortened: runs/demo/main and runs/demo/hart."""
     folder = tmp_path_factory.mktemp("guide")
     (folder / "recipes").symlink_to(REPO / "hypergen" / "recipes")  # as in a checkout: recipes/NAME.json
-    cwd = Path.cwd()
+    import torch
+
+    cwd, threads = Path.cwd(), torch.get_num_threads()
     os.chdir(folder)
     try:
         run_in_process([["finetune", "tiny_finetune", "--output", "runs/demo/main"],
                         ["train", "tiny_hart", "--output", "runs/demo/hart"]], "workspace")
     finally:
         os.chdir(cwd)
+        torch.set_num_threads(threads)
     return folder
 
 

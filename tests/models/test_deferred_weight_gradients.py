@@ -150,7 +150,7 @@ def test_a_causal_hypernetwork_with_or_without_recomputed_steps_keeps_its_gradie
     """A causal hypernetwork's deferred gradients are the plain ones, also with ``checkpoint_decoder`` on (the
     backbones recompute only uncached passes, so the cached steps the deferral covers are never re-run outside
     it)."""
-    from test_causal import causal_model, demos, hypernet
+    from tests.models.test_causal import causal_model, demos, hypernet
 
     monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)
     net = hypernet(causal_model(), AutoregressiveGenerator())

@@ -466,7 +466,7 @@ def test_deferred_weight_gradients_reach_distributed_backends_as_plain_ones(tmp_
     receive them and the run's losses and weights are those of the same run without deferral and without a
     backend."""
     from hypergen.models import few_rows
-    from test_deferred_weight_gradients import record_deferred_products, without_deferral
+    from tests.models.test_deferred_weight_gradients import record_deferred_products, without_deferral
 
     monkeypatch.setattr(few_rows, "MIN_WEIGHT_ELEMENTS", 0)
     products = record_deferred_products(monkeypatch)
