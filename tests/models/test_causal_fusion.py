@@ -164,7 +164,7 @@ def test_a_fresh_hypernetwork_with_fusion_starts_as_the_frozen_model_and_one_ste
 def test_the_fusion_gates_train_at_their_own_rate():
     from hypergen.models.hypernet import FUSION_GATE_LR_SCALE
     from hypergen.recipe import parse_recipe
-    from hypergen.runs import build_hypernet_method
+    from hypergen.runs.assembly import build_hypernet_method
     from hypergen.training.optim import make_optimizer
 
     recipe = parse_recipe({
