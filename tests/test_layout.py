@@ -109,3 +109,10 @@ def test_no_module_over_400_lines():
                for path in module_files().values()}
     over = {name for name, count in lengths.items() if count > MAX_LINES}
     assert over <= OVER_LIMIT_FOR_NOW, {name: lengths[name] for name in over - OVER_LIMIT_FOR_NOW}
+
+
+def test_the_package_root_holds_at_most_ten_modules():
+    """Everything beyond what the whole package shares lives in a package whose name says what it holds
+    (docs/architecture.md, "Layout"); a new module goes there, not beside cli.py."""
+    root = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(root) <= 10, f"{len(root)} modules at hypergen/: {', '.join(root)}"
