@@ -14,7 +14,7 @@ state, which is :mod:`.checkpoint`): recompute block activations in the backward
   dropped (a training forward does not need it; it would otherwise be written twice); a filled cross-attention cache
   (the fused demos' keys and values) is kept: it is only read.
 
-Losses and gradients are the same with and without checkpointing (tests/test_distributed.py checks 1e-5).
+Losses and gradients are the same with and without checkpointing (tests/training/test_distributed.py checks 1e-5).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Set the environment variable ``HYPERGEN_FAULT`` to one or more comma-separated p
                          the manifest, and the folder has not been renamed into place
     during_log:N         in the middle of writing step N's line of metrics.jsonl (half a line is written)
 
-It is read by the trainer and does nothing when unset. It exists only for tests (``tests/test_reliability.py``);
+It is read by the trainer and does nothing when unset. It exists only for tests (``tests/training/test_reliability.py``);
 never set it in a real run.
 """
 

@@ -14,7 +14,7 @@ is a :class:`.base.Family` subclass or instance) and chosen by the main model's 
 (:func:`family_of`); a recipe's tiny main model names a family's ``tiny_names`` (:func:`tiny_family`). The
 backbones the families build live in hypergen/models/backbones/; the PEFT targets ask a family for sites and
 attention modules, never which family it is. A new family: one file here (imported below, or a plugin's entry
-point) and one row in tests/test_families.py.
+point) and one row in tests/models/test_families.py.
 """
 
 from __future__ import annotations
