@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from hypergen.bench.setup import BenchConfig, build_setup  # noqa: E402
-from hypergen.bench.throughput import _train_step, throughput_batch  # noqa: E402
+from hypergen.bench.throughput import train_step, throughput_batch  # noqa: E402
 from hypergen.components import generators  # noqa: E402
 from hypergen.models import few_rows  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     batch = throughput_batch(setup, setup.tasks)
     for method in methods.values():
         method.train()
-        _train_step(method, batch, 0)
+        train_step(method, batch, 0)
     seconds: dict[str, list[float]] = {"HART deferred": [], "HART plain": [], "HyperTuning": []}
     for step in range(args.rounds):
         for label in seconds:
@@ -48,7 +48,7 @@ def main() -> None:
                 (lambda *modules: contextlib.nullcontext(0)) if label == "HART plain"
                 else few_rows.deferred_weight_gradients)
             started = time.perf_counter()
-            _train_step(methods[label.split()[0]], batch, step + 1)
+            train_step(methods[label.split()[0]], batch, step + 1)
             seconds[label].append(time.perf_counter() - started)
             print(f"round {step + 1}: {label} {seconds[label][-1]:.2f} s", flush=True)
     generators.deferred_weight_gradients = few_rows.deferred_weight_gradients

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hypergen.components.targets.prefix import _KERNEL, _PREFIX, prefix_attention_forward
+from hypergen.models.prefix_attention import KERNEL_ATTRIBUTE, PREFIX_ATTRIBUTE, prefix_attention_forward
 
 # name -> (heads, d_kv, prefix length, batch, query tokens, key tokens): the main model's encoder self-attention at
 # the recipes' micro-batch and input length, and one cached decoding step (query 1, the keys decoded so far)
@@ -53,8 +53,8 @@ def measure(name: str, repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {}
 
     def call(kernel: str) -> torch.Tensor:
-        setattr(module, _KERNEL, kernel)
-        setattr(module, _PREFIX, tuple(prefix))
+        setattr(module, KERNEL_ATTRIBUTE, kernel)
+        setattr(module, PREFIX_ATTRIBUTE, tuple(prefix))
         return prefix_attention_forward(module, query, key, value, mask, scaling=1.0, position_bias=bias)[0]
 
     def forward(kernel: str) -> None:

@@ -26,7 +26,7 @@ def throughput_batch(setup: Setup, tasks: list[Task]) -> Batch:
     return setup.collator(groups).to(setup.device)
 
 
-def _train_step(method: HypernetMethod, batch: Batch, index: int) -> None:
+def train_step(method: HypernetMethod, batch: Batch, index: int) -> None:
     loss, _ = method.loss(batch, index)
     loss.backward()
     method.module.zero_grad(set_to_none=True)
@@ -46,16 +46,16 @@ def training_throughput(setup: Setup, methods: dict[str, HypernetMethod],
     for name, method in methods.items():
         method.train()
         with PeakMemory(device) as probe:
-            _train_step(method, batch, 0)
+            train_step(method, batch, 0)
         memory[name] = probe.delta_mib
         with FlopCounterMode(display=False) as counter:  # the step's matrix products, forward and backward
-            _train_step(method, batch, 0)
+            train_step(method, batch, 0)
         flops[name] = counter.get_total_flops()
     peak, peak_source = peak_flops(device, bf16=False)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for step in range(setup.preset.throughput_steps):
         for name, method in methods.items():
-            times[name].append(timed(lambda: _train_step(method, batch, step + 1), device)[0])
+            times[name].append(timed(lambda: train_step(method, batch, step + 1), device)[0])
     results = {}
     for name, method in methods.items():
         method.eval()

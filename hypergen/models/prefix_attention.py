@@ -33,6 +33,8 @@ _FUSION = f"{TEMPORARY_ATTRIBUTE_PREFIX}fusion"  # (keys, values, keep): B x n_h
 _ATTENTION = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_attention"  # the family's eager attention, set by prepare
 _KERNEL = f"{TEMPORARY_ATTRIBUTE_PREFIX}prefix_kernel"  # on a tagged attention module: "sdpa" or "eager"
 ATTENTION_KERNELS = ("sdpa", "eager")
+# the public names of the attributes a caller (a benchmark timing one attention call) sets on an attention module
+PREFIX_ATTRIBUTE, FUSION_ATTRIBUTE, KERNEL_ATTRIBUTE = _PREFIX, _FUSION, _KERNEL
 
 def _extend_mask(mask: torch.Tensor | None, p: int, dtype: torch.dtype, columns: torch.Tensor | None = None,
                  k_len: int = 0) -> torch.Tensor | None:
