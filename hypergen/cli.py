@@ -234,10 +234,10 @@ def compare(runs, labels) -> None:
 
 
 def _add_commands() -> None:
-    from .commands import adapters, recipes, tools
+    from .commands import adapters, recipes, reproduce, tools
 
     for command in (adapters.adapt, adapters.predict, adapters.check_adapter, recipes.recipes,
-                    recipes.registry_group, tools.bench, tools.plot_group):
+                    recipes.registry_group, tools.bench, reproduce.reproduce, tools.plot_group):
         main.add_command(command)
 
 

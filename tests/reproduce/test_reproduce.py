@@ -287,11 +287,13 @@ def test_the_real_scale_is_the_packaged_model_in_its_chat_template_with_the_rows
 
 
 def reproduce_cli():
+    """``hypergen reproduce`` as ``python benchmarks/reproduce.py`` runs it (the script is the same command)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "benchmarks" / "reproduce.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    assert module.main is __import__("hypergen.cli", fromlist=["main"]).main.commands["reproduce"]
     return module.main
 
 
@@ -316,11 +318,8 @@ def test_paired_comparisons_count_the_tasks_each_way_from_the_runs_per_task_scor
 
 
 def test_the_full_study_chooses_alpha_from_the_papers_grid_unless_one_is_given():
-    import importlib.util
+    from hypergen.commands import reproduce as script
 
-    spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "benchmarks" / "reproduce.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     assert script._alpha_grid(None, None, quick=False) == plan.PAPER_ALPHAS == (1.0, 5.0, 10.0, 20.0)
     assert script._alpha_grid(None, None, quick=True) is None  # --quick: alpha fixed (time)
     assert script._alpha_grid(None, 5.0, quick=False) is None  # --alpha fixes it
