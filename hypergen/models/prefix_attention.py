@@ -112,38 +112,9 @@ def prefix_attention_forward(
     position_bias: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The family's eager attention with the module's prefix (if any) prepended to ``key``/``value``
-    (:func:`_prefixed_attention`), plus, with a gated fusion on the module, tanh(g) times the queries' attention over
-    the fused demos alone (grouped-query heads repeated; padding masked):
-    ``out + tanh(g) softmax(q K_f^T * scaling + mask_f) V_f``, B x q_len x H x d_kv."""
-    output, weights = _prefixed_attention(module, query, key, value, attention_mask, scaling, dropout, position_bias,
-                                          **kwargs)
-    fusion = getattr(module, _FUSION, None)
-    if fusion is None or fusion[3] is None:
-        return output, weights
-    keys, values, keep = expand_to_batch(query.shape[0], *fusion[:3])
-    repeat = query.shape[1] // keys.shape[1]
-    keys, values = keys.repeat_interleave(repeat, dim=1), values.repeat_interleave(repeat, dim=1)
-    additive = torch.where(keep.bool(), 0.0, torch.finfo(query.dtype).min).to(query.dtype)[:, None, None, :]
-    scale = query.size(-1) ** -0.5 if scaling is None else scaling
-    fused = sdpa_attention(query, keys.to(query.dtype), values.to(query.dtype), additive, scale, dropout)
-    # an example with no demo token at all (the "none" demos control) fuses nothing, not its padding's average
-    fused = fused * keep.any(-1).to(fused.dtype)[:, None, None, None]
-    return output + torch.tanh(fusion[3]).to(output.dtype) * fused, weights
-
-
-def _prefixed_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    position_bias: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The family's eager attention, with the module's prefix (if any) prepended to ``key``/``value``.
+    """The family's eager attention, with the module's prefix (if any) prepended to ``key``/``value``, plus, with a
+    gated fusion on the module, tanh(g) times the queries' attention over the fused demos alone
+    (:func:`_gated_fusion`).
 
     ``query``: B x H x q_len x d_kv; ``key``/``value``: B x H x k_len x d_kv (from the cache in the decoder);
     ``position_bias``: (1 or B) x H x q_len x k_len; ``attention_mask``: additive float or boolean
@@ -170,11 +141,32 @@ def _prefixed_attention(
         additive = position_bias if attention_mask is None else (
             attention_mask if position_bias is None else position_bias + attention_mask)
         scale = query.size(-1) ** -0.5 if scaling is None else scaling
-        return sdpa_attention(query, key, value, additive, scale, dropout), None
-    if position_bias is not None:  # T5's relative bias; a causal LM's attention takes none
-        kwargs["position_bias"] = position_bias
-    return getattr(module, _ATTENTION)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                       **kwargs)
+        output, weights = sdpa_attention(query, key, value, additive, scale, dropout), None
+    else:
+        if position_bias is not None:  # T5's relative bias; a causal LM's attention takes none
+            kwargs["position_bias"] = position_bias
+        output, weights = getattr(module, _ATTENTION)(module, query, key, value, attention_mask, scaling=scaling,
+                                                      dropout=dropout, **kwargs)
+    fused = _gated_fusion(module, query, scaling, dropout)
+    return (output, weights) if fused is None else (output + fused.to(output.dtype), weights)
+
+
+def _gated_fusion(module: nn.Module, query: torch.Tensor, scaling: float | None, dropout: float
+                  ) -> torch.Tensor | None:
+    """With a gated fusion on ``module``: ``tanh(g) softmax(q K_f^T * scaling + mask_f) V_f``, B x q_len x H x d_kv
+    (grouped-query heads repeated; padding masked; zero for an example with no demo token); else None."""
+    fusion = getattr(module, _FUSION, None)
+    if fusion is None or fusion[3] is None:
+        return None
+    keys, values, keep = expand_to_batch(query.shape[0], *fusion[:3])
+    repeat = query.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(repeat, dim=1), values.repeat_interleave(repeat, dim=1)
+    additive = torch.where(keep.bool(), 0.0, torch.finfo(query.dtype).min).to(query.dtype)[:, None, None, :]
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    fused = sdpa_attention(query, keys.to(query.dtype), values.to(query.dtype), additive, scale, dropout)
+    # an example with no demo token at all (the "none" demos control) fuses nothing, not its padding's average
+    fused = fused * keep.any(-1).to(fused.dtype)[:, None, None, None]
+    return torch.tanh(fusion[3]).to(fused.dtype) * fused
 
 
 _registered = False

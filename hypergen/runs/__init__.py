@@ -8,16 +8,5 @@
     evaluate.py  scoring a run on its test tasks, its validation split or under a demos control
     sweep.py     ``hypergen sweep``: one run per grid point, the best by validation score, tested
 
-A run folder::
-
-    RUN/hypergen-run.json            the marker: this folder is a hypergen run (see hypergen/folders.py)
-    RUN/.hypergen.lock               locked while a process trains the run
-    RUN/recipe.json                  the resolved recipe
-    RUN/metrics.jsonl                one JSON line per logged step
-    RUN/run_info.json                what ran: the optimizer's class and the training backend
-    RUN/checkpoints/step-*/          see training/checkpoint.py
-    RUN/hypernetwork.safetensors     final hypernetwork weights (hypernetwork and pretrain recipes)
-    RUN/pretrain_data.json           pretrain recipes: texts drawn, used and skipped (hypergen/pretraining/text.py)
-    RUN/model/                       final main model, a Hugging Face folder (finetune recipes)
-    RUN/eval/scores.json, predictions.jsonl
+The run folder's files are listed in :mod:`hypergen.runs.folder`.
 """
